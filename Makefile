@@ -1,0 +1,18 @@
+# Top-level tasks. Others add their targets here; the cluster-* targets drive
+# the local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager,
+# built from Go modules; see docs/control-plane.md).
+
+.PHONY: cluster-build cluster-up cluster-down
+
+# Build etcd/kube-apiserver/kubectl/kube-controller-manager/helm into .cluster/bin
+# (a no-op when tools/controlplane is unchanged).
+cluster-build:
+	tools/controlplane/build.sh
+
+# Start the control plane; then: eval "$$(tools/controlplane/cluster.sh env)"
+cluster-up: cluster-build
+	tools/controlplane/cluster.sh up
+
+# Stop everything cluster-up started (by PID) and delete its etcd data.
+cluster-down:
+	tools/controlplane/cluster.sh down
