@@ -1,0 +1,129 @@
+"""The route model: one endpoint with every setting resolved.
+
+A `Route` is what the proxy serves. It is built from a config-file entry
+(standalone), an `Endpoint` resource or a ConfigMap entry (cluster), with the
+global defaults applied, so the proxy never needs to know where it came from.
+Its dict form (camelCase, like the CRD) is the compiled-registry contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+AUTH_TYPES = ("none", "bearer", "api_key", "basic")
+FALLBACKS = ("error_response",)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckSettings:
+    enabled: bool = True
+    path: str = "/health"
+    interval_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    failure_threshold: int = 5
+    reset_timeout_seconds: float = 60.0
+    half_open_max_calls: int = 3
+    fallback: str = "error_response"
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    # Extra attempts after a connect failure (the request never reached the backend).
+    attempts: int = 0
+    # Also retry after a response began (5xx): only for idempotent methods, opt-in.
+    on_server_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Global settings that every endpoint inherits unless it overrides them."""
+
+    timeout_seconds: float = 30.0
+    health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
+    circuit_breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retries: RetrySettings = field(default_factory=RetrySettings)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a route was declared: shown in status, debug output and conflicts."""
+
+    kind: str  # Endpoint | ConfigMap | File | API
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    generation: int = 0
+    entry: str = ""  # the entry's name inside a ConfigMap or file
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    url: str
+    version: str = "v1"
+    methods: tuple[str, ...] = ("GET",)
+    auth_type: str = "none"
+    disabled: bool = False
+    timeout_seconds: float = 30.0
+    health_check: HealthCheckSettings = field(default_factory=HealthCheckSettings)
+    circuit_breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    retries: RetrySettings = field(default_factory=RetrySettings)
+    source: Source = field(default_factory=lambda: Source(kind="File"))
+
+    def with_changes(self, **changes: Any) -> "Route":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The registry wire form: camelCase keys, like the CRD's spec."""
+        return {
+            "name": self.name,
+            "url": self.url,
+            "version": self.version,
+            "methods": list(self.methods),
+            "authType": self.auth_type,
+            "disabled": self.disabled,
+            "timeoutSeconds": self.timeout_seconds,
+            "healthCheck": _camel(asdict(self.health_check)),
+            "circuitBreaker": _camel(asdict(self.circuit_breaker)),
+            "retries": _camel(asdict(self.retries)),
+            "source": _camel(asdict(self.source)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Route":
+        return cls(
+            name=data["name"],
+            url=data["url"],
+            version=data.get("version", "v1"),
+            methods=tuple(data.get("methods", ("GET",))),
+            auth_type=data.get("authType", "none"),
+            disabled=bool(data.get("disabled", False)),
+            timeout_seconds=float(data.get("timeoutSeconds", 30.0)),
+            health_check=HealthCheckSettings(**_snake(data.get("healthCheck", {}))),
+            circuit_breaker=BreakerSettings(**_snake(data.get("circuitBreaker", {}))),
+            retries=RetrySettings(**_snake(data.get("retries", {}))),
+            source=Source(**_snake(data.get("source", {"kind": "File"}))),
+        )
+
+
+def _camel(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        head, *rest = key.split("_")
+        out[head + "".join(p.title() for p in rest)] = value
+    return out
+
+
+def _snake(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        out["".join("_" + c.lower() if c.isupper() else c for c in key)] = value
+    return out

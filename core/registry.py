@@ -1,0 +1,79 @@
+"""The compiled registry: every route the proxy serves, with a content revision.
+
+This is the contract between the operator and the proxies (DESIGN.md,
+"Compiled registry"). The revision is a hash of the content, so writing the
+same registry twice is a no-op and a proxy can tell whether it is current.
+Large registries are split into shards that each fit a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from orchestrator.core.model import Route
+
+FORMAT = "orchestrator.dev/registry/v1"
+# A ConfigMap holds at most 1 MiB in total; keep room for metadata and keys.
+SHARD_BYTES = 900 * 1024
+
+
+@dataclass(frozen=True)
+class Registry:
+    routes: Mapping[str, Route]
+    revision: str
+
+    @classmethod
+    def build(cls, routes: Iterable[Route]) -> "Registry":
+        by_name = {r.name: r for r in sorted(routes, key=lambda r: r.name)}
+        return cls(routes=by_name, revision=revision_of(by_name.values()))
+
+
+def revision_of(routes: Iterable[Route]) -> str:
+    canonical = json.dumps([r.to_dict() for r in sorted(routes, key=lambda r: r.name)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encode_shards(registry: Registry, max_bytes: int = SHARD_BYTES) -> list[str]:
+    """Split a registry into JSON documents each at most `max_bytes` long.
+
+    Every shard carries the revision and its index/count, so a reader can tell
+    a complete set of one revision from a half-written one.
+    """
+    items = [json.dumps(r.to_dict(), sort_keys=True, separators=(",", ":")) for r in registry.routes.values()]
+    groups: list[list[str]] = [[]]
+    size = 0
+    overhead = 200
+    for item in items:
+        if groups[-1] and size + len(item) + 1 + overhead > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += len(item) + 1
+    count = len(groups)
+    return [
+        '{"count":%d,"endpoints":[%s],"format":"%s","index":%d,"revision":"%s"}'
+        % (count, ",".join(g), FORMAT, i, registry.revision)
+        for i, g in enumerate(groups)
+    ]
+
+
+def decode_shards(documents: Iterable[str]) -> Registry:
+    """Join shards back into a registry; refuse a mixed or incomplete set."""
+    parsed: list[dict[str, Any]] = [json.loads(d) for d in documents]
+    if not parsed:
+        raise ValueError("no registry shards")
+    revisions = {p.get("revision") for p in parsed}
+    if len(revisions) != 1:
+        raise ValueError(f"shards from different revisions: {sorted(map(str, revisions))}")
+    formats = {p.get("format") for p in parsed}
+    if formats != {FORMAT}:
+        raise ValueError(f"unknown registry format {sorted(map(str, formats))}, expected {FORMAT!r}")
+    count = parsed[0]["count"]
+    indexes = sorted(p["index"] for p in parsed)
+    if indexes != list(range(count)):
+        raise ValueError(f"incomplete registry: have shards {indexes} of {count}")
+    routes = [Route.from_dict(e) for p in sorted(parsed, key=lambda p: p["index"]) for e in p["endpoints"]]
+    return Registry(routes={r.name: r for r in routes}, revision=parsed[0]["revision"])

@@ -1,0 +1,1 @@
+"""The proxy: serves /orchestrator/{name}/{path} from a registry (standalone or cluster)."""

@@ -1,0 +1,1 @@
+"""The admin REST API of the original service (FastAPI routers)."""

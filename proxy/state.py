@@ -1,0 +1,92 @@
+"""The proxy's application state: the one mutable object the handlers share.
+
+It owns the current route table (replaced whole on every registry change),
+the metrics, the health monitor and the upstream HTTP session. Sources of
+routes (the standalone config file, or the cluster's registry ConfigMaps)
+call `apply_registry`; nothing else changes the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Optional
+
+import aiohttp
+
+from orchestrator.core.health import Health
+from orchestrator.core.registry import Registry
+from orchestrator.proxy.health_checker import HealthMonitor
+from orchestrator.proxy.metrics import Metrics
+from orchestrator.proxy.route_table import RouteRuntime, RouteTable, breaker_factory, build_table
+
+log = logging.getLogger("orchestrator.proxy")
+
+Listener = Callable[[], None]
+
+
+class AppState:
+    def __init__(self, mode: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.mode = mode  # "standalone" or "cluster"
+        self.started_at = time.time()
+        self.clock = clock
+        self.metrics = Metrics()
+        self.table = RouteTable.empty()
+        self.registry = Registry.build([])
+        self.registry_loaded_at: Optional[float] = None
+        self.ready = False  # True once a registry has been loaded
+        self.statuses: dict[str, str] = {}  # admin status overrides (standalone)
+        self.health = HealthMonitor(self.metrics, clock=clock, on_change=lambda target, h: self.notify())
+        self.session: Optional[aiohttp.ClientSession] = None
+        self.source: Any = None  # StandaloneSource or ClusterSource
+        self._make_breaker = breaker_factory(clock, self._breaker_moved)
+        self._listeners: list[Listener] = []
+
+    # -- registry ---------------------------------------------------------
+    def apply_registry(self, registry: Registry) -> None:
+        """Swap in a new registry atomically (one assignment of the table)."""
+        table = build_table(registry, self.table, self.statuses, self._make_breaker)
+        self.registry = registry
+        self.table = table
+        self.registry_loaded_at = time.time()
+        self.ready = True
+        self.health.update(table)
+        log.info("registry revision %s loaded: %d routes", registry.revision or "(empty)", len(registry.routes))
+        self.notify()
+
+    def set_status(self, name: str, status: str) -> None:
+        self.statuses[name] = status
+        self.apply_registry(self.registry)
+
+    # -- views --------------------------------------------------------------
+    def route(self, name: str) -> Optional[RouteRuntime]:
+        return self.table.routes.get(name)
+
+    def health_of(self, rt: RouteRuntime) -> Health:
+        return self.health.health_of(rt)
+
+    def route_states(self) -> dict[str, dict[str, str]]:
+        """Per route: health and breaker state (the per-replica report's content)."""
+        return {
+            name: {"health": self.health_of(rt).value, "breaker": rt.breaker.current_state().value}
+            for name, rt in self.table.routes.items()
+        }
+
+    def render_metrics(self) -> str:
+        routes = sorted(self.table.routes.items())
+        return self.metrics.render(
+            ((n, rt.breaker.current_state().value) for n, rt in routes),
+            ((n, self.health_of(rt).value) for n, rt in routes),
+        )
+
+    # -- change notification (the cluster reporter listens) -----------------
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _breaker_moved(self, route: str, old: str, new: str) -> None:
+        log.warning("circuit breaker of %s: %s -> %s", route, old, new)
+        self.notify()
