@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.core import model
 
 ROUTE_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$"
-_ROUTE_NAME = re.compile(ROUTE_NAME_PATTERN)
+ROUTE_NAME_RE = re.compile(ROUTE_NAME_PATTERN)
 
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -62,7 +62,7 @@ class EndpointConfig(_Strict):
     auth_type: Literal["none", "bearer", "api_key", "basic"] = "none"
     disabled: bool = False
     health_check_path: str = "/health"
-    timeout: float = Field(30, gt=0, le=3_600)
+    timeout: Optional[float] = Field(None, gt=0, le=3_600, description="seconds; default 30 (or the release's)")
     retries: int = Field(0, ge=0, le=5)
     retry_on_server_error: bool = False
     circuit_breaker: Optional[EndpointOverrides] = None
@@ -71,7 +71,7 @@ class EndpointConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _ROUTE_NAME.match(value):
+        if not ROUTE_NAME_RE.match(value):
             raise ValueError(
                 "must be 1-253 letters, digits, '_', '-' or '.', starting and ending "
                 "with a letter or digit (it becomes a URL path segment)"
@@ -149,32 +149,43 @@ def format_validation_error(exc: ValidationError, where: str) -> list[str]:
     return messages
 
 
-def defaults_from(cfg: ConfigFile) -> model.Defaults:
+def defaults_from(cfg: ConfigFile, base: model.Defaults) -> model.Defaults:
+    """The file's global sections over `base`: only the fields the file sets count,
+    so a ConfigMap source without them inherits the release's defaults."""
     cb, hc = cfg.circuit_breaker, cfg.health_check
+    bcb, bhc = base.circuit_breaker, base.health_check
+
+    def pick(section: BaseModel, field: str, fallback: Any) -> Any:
+        return getattr(section, field) if field in section.model_fields_set else fallback
+
     return model.Defaults(
+        timeout_seconds=base.timeout_seconds,
+        retries=base.retries,
         health_check=model.HealthCheckSettings(
-            enabled=hc.enabled,
-            interval_seconds=hc.interval,
-            timeout_seconds=hc.timeout,
-            healthy_threshold=hc.healthy_threshold,
-            unhealthy_threshold=hc.unhealthy_threshold,
+            enabled=pick(hc, "enabled", bhc.enabled),
+            path=bhc.path,
+            interval_seconds=pick(hc, "interval", bhc.interval_seconds),
+            timeout_seconds=pick(hc, "timeout", bhc.timeout_seconds),
+            healthy_threshold=pick(hc, "healthy_threshold", bhc.healthy_threshold),
+            unhealthy_threshold=pick(hc, "unhealthy_threshold", bhc.unhealthy_threshold),
         ),
         circuit_breaker=model.BreakerSettings(
-            failure_threshold=cb.failure_threshold,
-            reset_timeout_seconds=cb.reset_timeout,
-            half_open_max_calls=cb.half_open_max_calls,
-            fallback=cb.fallback_strategy,
+            failure_threshold=pick(cb, "failure_threshold", bcb.failure_threshold),
+            reset_timeout_seconds=pick(cb, "reset_timeout", bcb.reset_timeout_seconds),
+            half_open_max_calls=pick(cb, "half_open_max_calls", bcb.half_open_max_calls),
+            fallback=pick(cb, "fallback_strategy", bcb.fallback),
         ),
     )
 
 
 def route_from_entry(entry: EndpointConfig, defaults: model.Defaults, source: model.Source) -> model.Route:
+    timeout = entry.timeout or defaults.timeout_seconds
     hc = defaults.health_check
     hc = model.HealthCheckSettings(
         enabled=hc.enabled,
         path=entry.health_check_path,
         interval_seconds=entry.health_check_interval or hc.interval_seconds,
-        timeout_seconds=min(hc.timeout_seconds, entry.timeout),
+        timeout_seconds=min(hc.timeout_seconds, timeout),
         healthy_threshold=hc.healthy_threshold,
         unhealthy_threshold=hc.unhealthy_threshold,
     )
@@ -194,7 +205,7 @@ def route_from_entry(entry: EndpointConfig, defaults: model.Defaults, source: mo
         methods=tuple(entry.methods),
         auth_type=entry.auth_type,
         disabled=entry.disabled,
-        timeout_seconds=entry.timeout,
+        timeout_seconds=timeout,
         health_check=hc,
         circuit_breaker=cb,
         retries=model.RetrySettings(attempts=entry.retries, on_server_error=entry.retry_on_server_error),
@@ -216,13 +227,19 @@ def entry_from_route(route: model.Route) -> dict[str, Any]:
     }
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
 def parse_config(text: str, source: model.Source, defaults: model.Defaults | None = None) -> LoadedConfig:
-    """Parse a config document. `defaults` replaces the file's own global sections
-    (the operator applies the chart's defaults to ConfigMap sources)."""
+    """Parse a config document. The file's global sections override `defaults`
+    (the operator passes the release's defaults; standalone, the built-in ones)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        return LoadedConfig(errors=[f"not valid YAML: {exc}"], parsed=False)
+        return LoadedConfig(errors=[f"not valid YAML: {_yaml_problem(exc)}"], parsed=False)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -232,7 +249,7 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
     except ValidationError as exc:
         return LoadedConfig(errors=format_validation_error(exc, "config"), parsed=False)
 
-    result = LoadedConfig(defaults=defaults or defaults_from(cfg), log_level=cfg.log_level)
+    result = LoadedConfig(defaults=defaults_from(cfg, defaults or model.Defaults()), log_level=cfg.log_level)
     seen: dict[str, int] = {}
     for index, item in enumerate(cfg.endpoints):
         label = f"endpoints[{index}]"

@@ -90,7 +90,7 @@ class Route:
             "methods": list(self.methods),
             "authType": self.auth_type,
             "disabled": self.disabled,
-            "timeoutSeconds": self.timeout_seconds,
+            "timeoutSeconds": float(self.timeout_seconds),
             "healthCheck": _camel(asdict(self.health_check)),
             "circuitBreaker": _camel(asdict(self.circuit_breaker)),
             "retries": _camel(asdict(self.retries)),
@@ -117,6 +117,8 @@ class Route:
 def _camel(d: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in d.items():
+        if key.endswith("_seconds"):
+            value = float(value)  # 30 and 30.0 must hash to the same revision
         head, *rest = key.split("_")
         out[head + "".join(p.title() for p in rest)] = value
     return out
