@@ -97,7 +97,10 @@ class EndpointConfig(_Strict):
 
 
 class ConfigFile(_Strict):
-    endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    # Entries are validated one by one below (list[Any], not list[dict]), so an
+    # entry that is not even a mapping is reported and skipped like any other
+    # bad entry instead of making the whole file unreadable.
+    endpoints: list[Any] = Field(default_factory=list)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     health_check: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

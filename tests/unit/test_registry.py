@@ -1,0 +1,86 @@
+"""The compiled registry: revisions and shards."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from orchestrator.core.model import BreakerSettings, HealthCheckSettings, Route, RetrySettings, Source
+from orchestrator.core.registry import Registry, decode_shards, encode_shards, revision_of
+
+
+def route(i: int, **kw) -> Route:
+    return Route(
+        name=f"svc-{i:05d}", url=f"http://backend-{i}.ns.svc:8080/api", methods=("GET", "POST"),
+        timeout_seconds=5.0, health_check=HealthCheckSettings(path="/healthz", interval_seconds=15.0),
+        circuit_breaker=BreakerSettings(failure_threshold=3), retries=RetrySettings(attempts=1),
+        source=Source(kind="Endpoint", namespace="team-a", name=f"svc-{i}", uid=f"uid-{i}", generation=2),
+        **kw,
+    )
+
+
+def test_route_dict_round_trip():
+    r = route(1, disabled=True)
+    d = r.to_dict()
+    assert d["timeoutSeconds"] == 5.0 and d["healthCheck"]["intervalSeconds"] == 15.0
+    assert d["circuitBreaker"]["resetTimeoutSeconds"] == 60.0 and d["retries"]["onServerError"] is False
+    assert Route.from_dict(json.loads(json.dumps(d))) == r
+
+
+def test_shards_round_trip_with_small_max_bytes():
+    registry = Registry.build(route(i) for i in range(200))
+    shards = encode_shards(registry, max_bytes=8 * 1024)
+    assert len(shards) > 5
+    assert all(len(s) <= 8 * 1024 for s in shards)
+    again = decode_shards(reversed(shards))  # order of reading does not matter
+    assert again.revision == registry.revision
+    assert dict(again.routes) == dict(registry.routes)
+
+
+def test_one_shard_when_it_fits():
+    registry = Registry.build(route(i) for i in range(3))
+    shards = encode_shards(registry)
+    assert len(shards) == 1
+    doc = json.loads(shards[0])
+    assert (doc["index"], doc["count"], doc["revision"]) == (0, 1, registry.revision)
+
+
+def test_empty_registry_round_trips():
+    registry = Registry.build([])
+    again = decode_shards(encode_shards(registry))
+    assert again.routes == {} and again.revision == registry.revision
+
+
+def test_mixed_revisions_refused():
+    a = encode_shards(Registry.build(route(i) for i in range(100)), max_bytes=8 * 1024)
+    b = encode_shards(Registry.build(route(i, version="v2") for i in range(100)), max_bytes=8 * 1024)
+    assert len(a) == len(b) > 1
+    with pytest.raises(ValueError, match="different revisions"):
+        decode_shards([a[0]] + b[1:])
+
+
+def test_incomplete_or_duplicated_set_refused():
+    shards = encode_shards(Registry.build(route(i) for i in range(100)), max_bytes=8 * 1024)
+    with pytest.raises(ValueError, match="incomplete"):
+        decode_shards(shards[:-1])
+    with pytest.raises(ValueError, match="incomplete"):
+        decode_shards(shards + [shards[0]])
+    with pytest.raises(ValueError):
+        decode_shards([])
+    bad = json.loads(shards[0])
+    bad["format"] = "something/else"
+    with pytest.raises(ValueError, match="format"):
+        decode_shards([json.dumps(bad)] + shards[1:])
+
+
+def test_revision_stable_under_reordering_and_sensitive_to_content():
+    routes = [route(i) for i in range(50)]
+    shuffled = routes[:]
+    random.Random(1).shuffle(shuffled)
+    assert Registry.build(routes).revision == Registry.build(shuffled).revision == revision_of(shuffled)
+    changed = routes[:]
+    changed[10] = changed[10].with_changes(timeout_seconds=6.0)
+    assert Registry.build(changed).revision != Registry.build(routes).revision
+    assert Registry.build(routes[:-1]).revision != Registry.build(routes).revision
