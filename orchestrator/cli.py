@@ -111,8 +111,12 @@ def run_standalone(args: argparse.Namespace) -> int:
         return 2
     level = args.log_level or loaded.log_level.lower()
     _setup_logging(level)
+    # proxy_headers=False: uvicorn would otherwise trust X-Forwarded-For/-Proto from
+    # 127.0.0.1 and replace the peer address with a value the caller chose; the
+    # gateway must see the real peer so it can append it to X-Forwarded-For.
     common = dict(host=args.host, port=int(args.port), log_level=level, access_log=args.access_log,
-                  loop="uvloop", http="httptools", lifespan="on", server_header=False, date_header=False)
+                  loop="uvloop", http="httptools", lifespan="on", server_header=False, date_header=False,
+                  proxy_headers=False)
     if args.reload:
         os.environ[standalone.ENV_CONFIG] = str(path.resolve())
         os.environ[standalone.ENV_LOG_LEVEL] = (args.log_level or "").upper()

@@ -17,13 +17,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator import __version__
+from orchestrator.version import __version__
 from orchestrator.proxy.api import config_api, health_api, registry_api, router_api, service
 from orchestrator.proxy.api.common import ApiError
+from orchestrator.core.failures import Failure
 from orchestrator.proxy.forwarder import PREFIX, Forwarder, Receive, Scope, Send
 from orchestrator.proxy.state import AppState
 
 log = logging.getLogger("orchestrator.proxy")
+
+# Total request header bytes accepted (Envoy's default is 60 KiB): generous for
+# large tokens and cookies, small enough that headers cannot exhaust memory.
+MAX_HEADER_BYTES = 64 * 1024
 
 DESCRIPTION = """\
 Orchestrator forwards `ANY /orchestrator/{name}/{path}` to the backend registered as `{name}`,
@@ -104,7 +109,17 @@ class Gateway:
         self.forwarder = Forwarder(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
-            await self.forwarder(scope, receive, send)
-        else:
-            await self.admin(scope, receive, send)
+        if scope["type"] == "http":
+            # httptools sets no limit on header size: without this, a caller could
+            # make the proxy hold (and forward) megabytes of headers per request.
+            size = 0
+            for name, value in scope["headers"]:
+                size += len(name) + len(value) + 4
+            if size > MAX_HEADER_BYTES:
+                await self.forwarder.reject(send, Failure.HEADERS_TOO_LARGE, scope["headers"],
+                                            detail=f"the request headers exceed {MAX_HEADER_BYTES // 1024} KiB")
+                return
+            if scope["path"].startswith(PREFIX):
+                await self.forwarder(scope, receive, send)
+                return
+        await self.admin(scope, receive, send)

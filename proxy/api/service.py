@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from orchestrator import __version__
+from orchestrator.version import __version__
 from orchestrator.proxy.api.common import get_state
 from orchestrator.proxy.state import AppState
 

@@ -1,0 +1,76 @@
+"""What the operator and the proxies agree on: object names, labels, data keys,
+and the per-replica report format. Both sides import this module; neither
+imports the other (they only meet through the API server).
+
+Registry (operator -> proxies), for a registry named R:
+  ConfigMap R          data: registry.json (shard 0), revision, shards (count)
+  ConfigMap R-1 ...    data: registry.json (shard i), for registries over 1 MiB
+  The operator writes shards 1..n-1 first and R last, so a proxy that sees R
+  change can fetch the rest; every shard carries the revision, so a mixed set
+  is detected and re-read.
+Reports (proxies -> operator):
+  ConfigMap R-report-<replica>, labelled REPORT_LABEL=R, data report.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCE_LABEL = "orchestrator.dev/registry-source"  # on user ConfigMaps in the classic format
+SOURCE_KEY = "config.yaml"
+REGISTRY_LABEL = "orchestrator.dev/registry"  # on the compiled registry ConfigMaps (value: R)
+REPORT_LABEL = "orchestrator.dev/report"  # on report ConfigMaps (value: R)
+REGISTRY_KEY = "registry.json"
+REPORT_KEY = "report.json"
+MAX_SHARDS = 32  # 32 x 900 KiB: room for far more than 10,000 endpoints; RBAC lists the names
+
+
+def shard_name(registry: str, index: int) -> str:
+    return registry if index == 0 else f"{registry}-{index}"
+
+
+def shard_names(registry: str) -> list[str]:
+    return [shard_name(registry, i) for i in range(MAX_SHARDS)]
+
+
+def report_name(registry: str, replica: str) -> str:
+    return f"{registry}-report-{replica}"[:253]
+
+
+@dataclass
+class RouteReport:
+    health: str
+    breaker: str
+    uid: str = ""
+    generation: int = 0
+
+
+@dataclass
+class Report:
+    replica: str
+    heartbeat: float  # wall-clock seconds; the operator ignores stale reports
+    revision: str
+    routes: dict[str, RouteReport] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"replica": self.replica, "heartbeat": round(self.heartbeat, 3), "revision": self.revision,
+             "routes": {n: [r.health, r.breaker, r.uid, r.generation] for n, r in sorted(self.routes.items())}},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Report":
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            replica=str(data["replica"]),
+            heartbeat=float(data["heartbeat"]),
+            revision=str(data.get("revision", "")),
+            routes={n: RouteReport(*v) for n, v in data.get("routes", {}).items()},
+        )
+
+    def content(self) -> tuple[str, dict[str, RouteReport]]:
+        """Everything but the heartbeat: a change here is worth a write now."""
+        return self.revision, self.routes

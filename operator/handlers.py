@@ -1,0 +1,30 @@
+"""kopf handlers: thin. They record what the watches see and wake the reconciler.
+
+They never write: no finalizers, no annotations on users' objects. The only
+writer of Endpoint status is the reconcile loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from orchestrator.operator.reconciler import OperatorState
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    """A fresh handler registry (instead of kopf's process-global default)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.event("orchestrator.dev", "v1alpha1", "endpoints", registry=registry)
+    def endpoint_seen(event: dict[str, Any], body: kopf.Body, memo: OperatorState, **_: Any) -> None:
+        memo.observe_endpoint(event.get("type"), body)
+
+    # All ConfigMaps: a label filter here would miss the moment a label is taken
+    # off; the state object checks the labels itself.
+    @kopf.on.event("", "v1", "configmaps", registry=registry)
+    def configmap_seen(event: dict[str, Any], body: kopf.Body, memo: OperatorState, **_: Any) -> None:
+        memo.observe_configmap(event.get("type"), body)
+
+    return registry

@@ -1,0 +1,106 @@
+"""`orchestrator operator`: prime the state, start the reconcile loop, run kopf."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import kopf
+import yaml
+from kubernetes import client
+
+from orchestrator import kube
+from orchestrator.core import compile as compiler
+from orchestrator.core import contract
+from orchestrator.operator.handlers import build_registry
+from orchestrator.operator.reconciler import OperatorState, Settings
+from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer
+
+log = logging.getLogger("orchestrator.operator")
+
+
+def load_defaults(path: Optional[str]) -> compiler.model.Defaults:
+    if not path:
+        return compiler.model.Defaults()
+    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return compiler.defaults_from_values(values)
+
+
+def kopf_settings(settings: kopf.OperatorSettings, clusterwide: bool) -> None:
+    # Server- and client-side timeouts: a watch that silently died is re-established.
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.watching.connect_timeout = 10
+    settings.peering.name = "orchestrator"
+    settings.peering.clusterwide = clusterwide
+    settings.posting.level = logging.WARNING
+    # We never use kopf's change-tracking handlers; make sure nothing is stored on users' objects.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
+
+
+def prime(state: OperatorState, api: client.ApiClient, namespaces: Optional[list[str]]) -> None:
+    """List everything once before the first write, so a restart never writes a
+    registry that lacks objects the watches have not delivered yet."""
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    scopes: list[Optional[str]] = list(namespaces) if namespaces else [None]
+    for ns in scopes:
+        eps = (custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) if ns
+               else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+        for item in eps.get("items", []):
+            state.observe_endpoint(None, item)
+        selector = f"{contract.SOURCE_LABEL}=true"
+        cms = (core.list_namespaced_config_map(ns, label_selector=selector) if ns
+               else core.list_config_map_for_all_namespaces(label_selector=selector))
+        for cm in cms.items:
+            state.observe_configmap(None, api.sanitize_for_serialization(cm))
+    reports = core.list_namespaced_config_map(
+        state.settings.namespace, label_selector=f"{contract.REPORT_LABEL}={state.settings.registry_name}")
+    for cm in reports.items:
+        state.observe_configmap(None, api.sanitize_for_serialization(cm))
+    try:
+        state.registry = kube.read_registry(core, state.settings.namespace, state.settings.registry_name)
+        head = core.read_namespaced_config_map(state.settings.registry_name, state.settings.namespace)
+        state.shards_written = int((head.data or {}).get("shards", "1"))
+        log.info("found registry revision %s with %d routes", state.registry.revision, len(state.registry.routes))
+    except kube.RegistryNotReady as exc:
+        log.info("no usable registry yet (%s): it will be written", exc)
+    state.primed = True
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
+    namespaces: Optional[list[str]] = args.watch_namespace or None
+    settings = Settings(namespace=args.namespace, registry_name=args.registry, defaults=load_defaults(args.defaults))
+    stale = os.environ.get("ORCHESTRATOR_REPORT_STALE_SECONDS")
+    if stale:
+        settings.report_stale_seconds = float(stale)
+    api = kube.api_client(args.kubeconfig)
+    state = OperatorState(settings=settings, writer=Writer(api, args.namespace, args.registry))
+    return asyncio.run(_main(state, api, namespaces, args.health_port))
+
+
+async def _main(state: OperatorState, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int) -> int:
+    await asyncio.to_thread(prime, state, api, namespaces)
+    registry = build_registry()
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        kopf_settings(settings, clusterwide=namespaces is None)
+
+    loop_task = asyncio.create_task(state.run(), name="reconciler")
+    try:
+        await kopf.operator(
+            registry=registry,
+            memo=state,
+            clusterwide=namespaces is None,
+            namespaces=namespaces or (),
+            liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+        )
+    finally:
+        loop_task.cancel()
+    return 0
