@@ -23,6 +23,7 @@ class Failure(enum.Enum):
     TIMEOUT = "upstream_timeout"
     PROTOCOL_ERROR = "upstream_protocol_error"
     BODY_TOO_LARGE = "request_body_error"
+    HEADERS_TOO_LARGE = "request_headers_too_large"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ TABLE: dict[Failure, Answer] = {
     Failure.TIMEOUT: Answer(504, "the backend did not answer in time", True),
     Failure.PROTOCOL_ERROR: Answer(502, "the backend sent an invalid response", True),
     Failure.BODY_TOO_LARGE: Answer(400, "the request body could not be read", False),
+    Failure.HEADERS_TOO_LARGE: Answer(431, "the request headers are too large", False),
 }
 
 

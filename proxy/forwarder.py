@@ -195,6 +195,11 @@ class Forwarder:
         metrics.observe(status, time.perf_counter() - started)
         return status
 
+    async def reject(self, send: Send, failure: Failure, request_headers: list[tuple[bytes, bytes]],
+                     detail: Optional[str] = None) -> None:
+        """Answer a request refused before routing (by the dispatcher) in the same JSON shape."""
+        await self._fail(send, failure, "", hdrs.request_id_of(request_headers), detail=detail)
+
     async def _fail(self, send: Send, failure: Failure, route: str, request_id: bytes,
                     extra: Optional[list[tuple[bytes, bytes]]] = None, detail: Optional[str] = None) -> None:
         body = error_body(failure, route, request_id.decode("latin-1"), detail)
