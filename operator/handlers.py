@@ -1,4 +1,5 @@
-"""kopf handlers: thin. They record what the watches see and wake the reconciler.
+"""kopf handlers: thin, and async so they run on the event loop beside the
+reconciler (kopf would run sync handlers in threads). They record what the watches see and wake the reconciler.
 
 They never write: no finalizers, no annotations on users' objects. The only
 writer of Endpoint status is the reconcile loop.
@@ -17,14 +18,19 @@ def build_registry() -> kopf.OperatorRegistry:
     """A fresh handler registry (instead of kopf's process-global default)."""
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # The official client's config: a kubeconfig ($KUBECONFIG) or the Pod's service account.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.event("orchestrator.dev", "v1alpha1", "endpoints", registry=registry)
-    def endpoint_seen(event: dict[str, Any], body: kopf.Body, memo: OperatorState, **_: Any) -> None:
+    async def endpoint_seen(event: dict[str, Any], body: kopf.Body, memo: OperatorState, **_: Any) -> None:
         memo.observe_endpoint(event.get("type"), body)
 
     # All ConfigMaps: a label filter here would miss the moment a label is taken
     # off; the state object checks the labels itself.
     @kopf.on.event("", "v1", "configmaps", registry=registry)
-    def configmap_seen(event: dict[str, Any], body: kopf.Body, memo: OperatorState, **_: Any) -> None:
+    async def configmap_seen(event: dict[str, Any], body: kopf.Body, memo: OperatorState, **_: Any) -> None:
         memo.observe_configmap(event.get("type"), body)
 
     return registry

@@ -6,16 +6,19 @@ import argparse
 import asyncio
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import kopf
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from orchestrator import kube
 from orchestrator.core import compile as compiler
 from orchestrator.core import contract
+from orchestrator.core.registry import Registry
 from orchestrator.operator.handlers import build_registry
 from orchestrator.operator.reconciler import OperatorState, Settings
 from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer
@@ -42,36 +45,52 @@ def kopf_settings(settings: kopf.OperatorSettings, clusterwide: bool) -> None:
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
 
 
-def prime(state: OperatorState, api: client.ApiClient, namespaces: Optional[list[str]]) -> None:
-    """List everything once before the first write, so a restart never writes a
-    registry that lacks objects the watches have not delivered yet."""
+@dataclass
+class Snapshot:
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+    configmaps: list[dict[str, Any]] = field(default_factory=list)
+    registry: Optional[Registry] = None
+    shards: int = 0
+
+
+def list_everything(settings: Settings, api: client.ApiClient, namespaces: Optional[list[str]]) -> Snapshot:
+    """List everything once before the first write (blocking; run in a thread), so a
+    restart never writes a registry that lacks objects the watches have not delivered yet."""
+    snap = Snapshot()
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     scopes: list[Optional[str]] = list(namespaces) if namespaces else [None]
     for ns in scopes:
         eps = (custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) if ns
                else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
-        for item in eps.get("items", []):
-            state.observe_endpoint(None, item)
+        snap.endpoints.extend(eps.get("items", []))
         selector = f"{contract.SOURCE_LABEL}=true"
         cms = (core.list_namespaced_config_map(ns, label_selector=selector) if ns
                else core.list_config_map_for_all_namespaces(label_selector=selector))
-        for cm in cms.items:
-            state.observe_configmap(None, api.sanitize_for_serialization(cm))
+        snap.configmaps.extend(api.sanitize_for_serialization(cm) for cm in cms.items)
     reports = core.list_namespaced_config_map(
-        state.settings.namespace, label_selector=f"{contract.REPORT_LABEL}={state.settings.registry_name}")
-    for cm in reports.items:
-        state.observe_configmap(None, api.sanitize_for_serialization(cm))
+        settings.namespace, label_selector=f"{contract.REPORT_LABEL}={settings.registry_name}")
+    snap.configmaps.extend(api.sanitize_for_serialization(cm) for cm in reports.items)
     try:
-        state.registry = kube.read_registry(core, state.settings.namespace, state.settings.registry_name)
-        head = core.read_namespaced_config_map(state.settings.registry_name, state.settings.namespace)
-        state.shards_written = int((head.data or {}).get("shards", "1"))
-        log.info("found registry revision %s with %d routes", state.registry.revision, len(state.registry.routes))
-    except kube.RegistryNotReady as exc:
-        log.info("no usable registry yet (%s): it will be written", exc)
+        head = core.read_namespaced_config_map(settings.registry_name, settings.namespace)
+        snap.registry = kube.read_registry(core, settings.namespace, settings.registry_name, head)
+        snap.shards = int((head.data or {}).get("shards", "1"))
+        log.info("found registry revision %s with %d routes", snap.registry.revision, len(snap.registry.routes))
+    except (kube.RegistryNotReady, ApiException) as exc:
+        log.info("no usable registry yet (%s): it will be written", getattr(exc, "reason", exc))
+    return snap
+
+
+def prime(state: OperatorState, snap: Snapshot) -> None:
+    for item in snap.endpoints:
+        state.observe_endpoint(None, item)
+    for item in snap.configmaps:
+        state.observe_configmap(None, item)
+    state.registry, state.shards_written = snap.registry, snap.shards
     state.primed = True
 
 
 def run_operator(args: argparse.Namespace) -> int:
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     namespaces: Optional[list[str]] = args.watch_namespace or None
@@ -85,7 +104,7 @@ def run_operator(args: argparse.Namespace) -> int:
 
 
 async def _main(state: OperatorState, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int) -> int:
-    await asyncio.to_thread(prime, state, api, namespaces)
+    prime(state, await asyncio.to_thread(list_everything, state.settings, api, namespaces))
     registry = build_registry()
 
     @kopf.on.startup(registry=registry)

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -111,12 +111,7 @@ def run_standalone(args: argparse.Namespace) -> int:
         return 2
     level = args.log_level or loaded.log_level.lower()
     _setup_logging(level)
-    # proxy_headers=False: uvicorn would otherwise trust X-Forwarded-For/-Proto from
-    # 127.0.0.1 and replace the peer address with a value the caller chose; the
-    # gateway must see the real peer so it can append it to X-Forwarded-For.
-    common = dict(host=args.host, port=int(args.port), log_level=level, access_log=args.access_log,
-                  loop="uvloop", http="httptools", lifespan="on", server_header=False, date_header=False,
-                  proxy_headers=False)
+    common = _uvicorn_options(args, level)
     if args.reload:
         os.environ[standalone.ENV_CONFIG] = str(path.resolve())
         os.environ[standalone.ENV_LOG_LEVEL] = (args.log_level or "").upper()
@@ -124,6 +119,26 @@ def run_standalone(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(standalone.build(path, (args.log_level or "").upper() or None), **common)
     return 0
+
+
+def run_cluster_proxy(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from orchestrator.proxy import cluster
+
+    level = args.log_level or "info"
+    _setup_logging(level)
+    uvicorn.run(cluster.build(args), **_uvicorn_options(args, level))
+    return 0
+
+
+def _uvicorn_options(args: argparse.Namespace, level: str) -> dict[str, Any]:
+    # proxy_headers=False: uvicorn would otherwise trust X-Forwarded-For/-Proto from
+    # 127.0.0.1 and replace the peer address with a value the caller chose; the
+    # gateway must see the real peer so it can append it to X-Forwarded-For.
+    return dict(host=args.host, port=int(args.port), log_level=level, access_log=args.access_log,
+                loop="uvloop", http="httptools", lifespan="on", server_header=False, date_header=False,
+                proxy_headers=False)
 
 
 def _setup_logging(level: str) -> None:
@@ -139,8 +154,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command in (None, "standalone"):
         return run_standalone(args)
     if args.command == "proxy":
-        from orchestrator.proxy.cluster import run_cluster_proxy
-        _setup_logging(args.log_level or "info")
         return run_cluster_proxy(args)
     from orchestrator.operator.main import run_operator
     _setup_logging(args.log_level)

@@ -1,0 +1,63 @@
+"""`orchestrator proxy`: the proxy in cluster mode.
+
+Routes come from the operator's compiled registry (watched, never polled);
+this replica's health and breaker states go out in its report. Admin writes
+are refused with 409: the operator owns the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import Any
+
+from orchestrator import kube
+from orchestrator.proxy.app import Gateway
+from orchestrator.proxy.registry_watch import RegistryWatcher
+from orchestrator.proxy.reporter import Reporter
+from orchestrator.proxy.state import AppState
+
+
+class ClusterSource:
+    mode = "cluster"
+
+    def __init__(self, watcher: RegistryWatcher, reporter: Reporter) -> None:
+        self.watcher = watcher
+        self.reporter = reporter
+
+    async def start(self) -> None:
+        await self.watcher.start()
+        await self.reporter.start()
+
+    async def stop(self) -> None:
+        await self.reporter.stop()
+        await self.watcher.stop()
+
+    async def refresh(self) -> None:
+        await self.watcher.refresh()
+
+    def status(self) -> dict[str, Any]:
+        w, r = self.watcher, self.reporter
+        return {
+            "registry": f"{w.namespace}/{w.name}",
+            "watch_connected": w.connected,
+            "last_event_at": w.last_event_at,
+            "last_error": w.last_error,
+            "report": f"{r.namespace}/{r.name}",
+            "report_writes": r.writes,
+            "report_error": r.last_error,
+        }
+
+
+def build(args: argparse.Namespace) -> Gateway:
+    state = AppState(mode="cluster")
+    api = kube.api_client(args.kubeconfig)
+    replica = args.pod_name or args.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    reporter = Reporter(
+        state, api, args.namespace, args.registry, replica,
+        pod_name=args.pod_name, pod_uid=os.environ.get("POD_UID"),
+        heartbeat=float(os.environ.get("ORCHESTRATOR_REPORT_INTERVAL", "10")),
+    )
+    state.source = ClusterSource(RegistryWatcher(state, api, args.namespace, args.registry), reporter)
+    return Gateway(state)

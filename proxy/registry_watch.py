@@ -1,0 +1,117 @@
+"""Cluster mode: follow the compiled registry ConfigMap through a watch.
+
+The watch runs in a thread (the official client blocks); each event hands the
+ConfigMap to the event loop, which reads any further shards and swaps the
+route table. When the API server goes away the watch retries with backoff
+and the proxy keeps serving its last good registry (static stability).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+from kubernetes import client, watch
+
+from orchestrator import kube
+from orchestrator.proxy.state import AppState
+
+log = logging.getLogger("orchestrator.registry")
+
+
+class RegistryWatcher:
+    def __init__(self, state: AppState, api: client.ApiClient, namespace: str, name: str) -> None:
+        self.state = state
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.name = name
+        self.last_error: Optional[str] = None
+        self.last_event_at: Optional[float] = None
+        self.connected = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._latest: Any = None  # the newest ConfigMap seen; loads always read this one
+        self._load_lock = asyncio.Lock()
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._watch_forever, name="registry-watch", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def refresh(self) -> None:
+        """Read the registry now (the `/router/refresh` button)."""
+        self._latest = await asyncio.to_thread(self.core.read_namespaced_config_map, self.name, self.namespace)
+        await self._load()
+
+    # -- the watch thread -------------------------------------------------------
+    def _watch_forever(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            try:
+                stream = watch.Watch().stream(
+                    self.core.list_namespaced_config_map, self.namespace,
+                    field_selector=f"metadata.name={self.name}",
+                    timeout_seconds=60,  # server side: end the watch and start a fresh one
+                    _request_timeout=(5, 90),  # client side: a silent connection is dropped
+                )
+                self.connected = True
+                for event in stream:
+                    backoff = 0.2
+                    if self._stopping.is_set():
+                        return
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._hand_over(event["object"])
+            except Exception as exc:  # the API server is away: keep serving, retry
+                self.connected = False
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("registry watch interrupted (%s); retrying in %.1fs", self.last_error, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _hand_over(self, configmap: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._schedule, configmap)
+
+    # -- on the event loop ------------------------------------------------------
+    def _schedule(self, configmap: Any) -> None:
+        self._latest = configmap
+        self.last_event_at = time.time()
+        task = asyncio.create_task(self._load())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load(self) -> None:
+        async with self._load_lock:
+            for attempt in range(20):
+                head = self._latest
+                revision = (head.data or {}).get("revision") if head is not None else None
+                if head is None or revision == self.state.registry.revision and self.state.ready:
+                    return
+                try:
+                    registry = await asyncio.to_thread(kube.read_registry, self.core, self.namespace, self.name, head)
+                except kube.RegistryNotReady as exc:
+                    # Shards mid-write: the operator writes the head last, so a retry settles it.
+                    self.last_error = str(exc)
+                    await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
+                    continue
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                    log.warning("could not read the registry (%s); keeping revision %s",
+                                self.last_error, self.state.registry.revision or "(none)")
+                    await asyncio.sleep(1.0)
+                    continue
+                if head is self._latest or registry.revision != self.state.registry.revision:
+                    self.state.apply_registry(registry)
+                    self.last_error = None
+                if head is self._latest:
+                    return

@@ -1,0 +1,106 @@
+"""Cluster mode: this replica's report ConfigMap (health and breakers per route).
+
+Written when something changes (batched: at most one write per
+`min_interval`) and as a heartbeat every `heartbeat` seconds, so the operator
+can tell a live replica from a dead one. Owned by the replica's Pod when it
+has one, so the garbage collector removes it with the Pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Optional
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from orchestrator.core import contract
+from orchestrator.proxy.state import AppState
+
+log = logging.getLogger("orchestrator.report")
+
+
+class Reporter:
+    def __init__(self, state: AppState, api: client.ApiClient, namespace: str, registry: str, replica: str,
+                 pod_name: Optional[str] = None, pod_uid: Optional[str] = None,
+                 heartbeat: float = 10.0, min_interval: float = 1.0) -> None:
+        self.state = state
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.registry = registry
+        self.replica = replica
+        self.name = contract.report_name(registry, replica)
+        self.pod = (pod_name, pod_uid) if pod_name and pod_uid else None
+        self.heartbeat = heartbeat
+        self.min_interval = min_interval
+        self.writes = 0
+        self.last_error: Optional[str] = None
+        self._dirty = asyncio.Event()
+        self._task: Optional[asyncio.Task[None]] = None
+        self._last_content: object = None
+
+    async def start(self) -> None:
+        self.state.subscribe(self._dirty.set)
+        self._task = asyncio.create_task(self._run(), name="reporter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def build(self) -> contract.Report:
+        routes = {
+            name: contract.RouteReport(
+                health=self.state.health_of(rt).value, breaker=rt.breaker.current_state().value,
+                uid=rt.route.source.uid, generation=rt.route.source.generation)
+            for name, rt in self.state.table.routes.items()
+        }
+        return contract.Report(replica=self.replica, heartbeat=time.time(),
+                               revision=self.state.registry.revision, routes=routes)
+
+    async def _run(self) -> None:
+        last_write = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), timeout=self.heartbeat)
+            except asyncio.TimeoutError:
+                pass
+            # Batch: whatever else changes within min_interval goes into the same write.
+            wait = self.min_interval - (time.monotonic() - last_write)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._dirty.clear()
+            if not self.state.ready:
+                continue
+            report = self.build()
+            due = time.monotonic() - last_write >= self.heartbeat * 0.9
+            if report.content() == self._last_content and not due:
+                continue
+            try:
+                await asyncio.to_thread(self._write, report)
+                self._last_content = report.content()
+                self.writes += 1
+                self.last_error = None
+                last_write = time.monotonic()
+            except Exception as exc:  # API server away: try again on the next tick
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("could not write report %s: %s", self.name, self.last_error)
+                await asyncio.sleep(1.0)
+
+    def _write(self, report: contract.Report) -> None:
+        owners = None
+        if self.pod is not None:
+            owners = [client.V1OwnerReference(api_version="v1", kind="Pod", name=self.pod[0], uid=self.pod[1])]
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(
+                name=self.name, namespace=self.namespace, owner_references=owners,
+                labels={contract.REPORT_LABEL: self.registry, "app.kubernetes.io/managed-by": "orchestrator"}),
+            data={contract.REPORT_KEY: report.to_json()},
+        )
+        try:
+            self.core.replace_namespaced_config_map(self.name, self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.core.create_namespaced_config_map(self.namespace, body)
