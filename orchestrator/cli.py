@@ -101,9 +101,14 @@ def run_standalone(args: argparse.Namespace) -> int:
     from orchestrator.proxy.file_source import ensure_config, read_text
 
     path = Path(args.config)
-    if ensure_config(path):
-        print(f"created a sample configuration at {path}", file=sys.stderr)
-    loaded = parse_config(read_text(path), Source(kind="File", name=str(path)))
+    try:
+        if ensure_config(path):
+            print(f"created a sample configuration at {path}", file=sys.stderr)
+        text = read_text(path)
+    except OSError as exc:  # a directory, no permission, ...: a message, not a traceback
+        print(f"error: cannot read the configuration {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    loaded = parse_config(text, Source(kind="File", name=str(path)))
     if not loaded.ok:
         print(f"error: {path} is invalid:", file=sys.stderr)
         for error in loaded.errors:

@@ -254,3 +254,46 @@ def test_invalid_method_token_is_4xx(proxy):
 
 def test_proxy_still_serves_after_malformed_requests(c):
     assert c.get("/orchestrator/echo/ok").status_code == 200
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+def test_metrics(c):
+    c.get("/orchestrator/echo/m1")
+    c.get("/orchestrator/echo/status/500")
+    c.get("/orchestrator/down/x")
+    c.get("/orchestrator/slow/slow/2")
+    c.get("/orchestrator/nope/x")
+    r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    assert samples['orchestrator_requests_total{route="echo",status="200"}'] >= 1
+    assert samples['orchestrator_requests_total{route="echo",status="500"}'] >= 1
+    assert samples['orchestrator_requests_total{route="down",status="502"}'] >= 1
+    assert samples['orchestrator_requests_total{route="slow",status="504"}'] >= 1
+    assert samples['orchestrator_requests_total{route="(unknown)",status="404"}'] >= 1
+    assert samples['orchestrator_upstream_errors_total{route="down",kind="upstream_unreachable"}'] >= 1
+    assert samples['orchestrator_upstream_errors_total{route="slow",kind="upstream_timeout"}'] >= 1
+    # The latency histogram: cumulative buckets ending in +Inf == count.
+    buckets = [(k, v) for k, v in samples.items() if k.startswith('orchestrator_request_duration_seconds_bucket{route="echo"')]
+    assert len(buckets) > 5
+    values = [v for _, v in buckets]
+    assert values == sorted(values)
+    assert samples['orchestrator_request_duration_seconds_bucket{route="echo",le="+Inf"}'] == \
+        samples['orchestrator_request_duration_seconds_count{route="echo"}']
+    assert samples['orchestrator_request_duration_seconds_sum{route="echo"}'] > 0
+    assert samples['orchestrator_request_duration_seconds_bucket{route="slow",le="0.25"}'] < \
+        samples['orchestrator_request_duration_seconds_bucket{route="slow",le="+Inf"}']
+    # Breaker state and health per route, one sample per state.
+    for route in ("echo", "down", "off"):
+        states = [samples[f'orchestrator_circuit_breaker_state{{route="{route}",state="{s}"}}']
+                  for s in ("Closed", "Open", "HalfOpen")]
+        assert states == [1, 0, 0]
+    assert samples['orchestrator_endpoint_healthy{route="off",health="Disabled"}'] == -1
+    assert samples['orchestrator_endpoint_healthy{route="echo",health="Unknown"}'] == -1
+    assert "# TYPE orchestrator_request_duration_seconds histogram" in text

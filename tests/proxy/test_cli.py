@@ -1,0 +1,103 @@
+"""`python main.py`: first run, flags versus environment, bad config at startup."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from harness import MAIN, config_yaml, drain, endpoint, free_port, stop, wait_ready
+
+from orchestrator.core.config_file import SAMPLE_CONFIG
+
+pytestmark = pytest.mark.timeout(60)
+
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST", "CONFIG_PATH", "LOG_LEVEL", "RELOAD")}
+
+
+def run(args, cwd, env=None):
+    return subprocess.Popen([sys.executable, str(MAIN), *args], cwd=cwd, env={**CLEAN_ENV, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_first_run_creates_the_sample_config_and_accepts_upper_case_level(tmp_path):
+    port = free_port()
+    proc = run(["--host", "127.0.0.1", "--port", str(port), "--log-level", "DEBUG"], cwd=tmp_path)
+    output = drain(proc)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, output)
+        created = tmp_path / "config" / "config.yaml"
+        assert created.read_text() == SAMPLE_CONFIG
+        status = httpx.get(f"http://127.0.0.1:{port}/config/status").json()
+        assert status["config_path"] == "config/config.yaml" and status["endpoints_in_file"] == 2
+        names = [e["name"] for e in httpx.get(f"http://127.0.0.1:{port}/registry/endpoints").json()["endpoints"]]
+        assert names == ["httpbin_get", "secure_api"]
+    finally:
+        stop(proc)
+    assert b"created a sample configuration" in b"".join(output)
+
+
+def test_flags_win_over_environment(tmp_path, backend):
+    config = tmp_path / "mine.yaml"
+    config.write_text(config_yaml([endpoint("svc", f"{backend.url}/api")], health={"enabled": False}))
+    env_port, flag_port = free_port(), free_port()
+    proc = run(["--config", str(config), "--port", str(flag_port), "--host", "127.0.0.1", "--log-level", "warning"],
+               cwd=tmp_path, env={"PORT": str(env_port), "CONFIG_PATH": str(tmp_path / "absent.yaml"),
+                                  "LOG_LEVEL": "not-a-level", "HOST": "0.0.0.0"})
+    output = drain(proc)
+    try:
+        wait_ready(f"http://127.0.0.1:{flag_port}", proc, output)
+        assert httpx.get(f"http://127.0.0.1:{flag_port}/orchestrator/svc/x").status_code == 200
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{env_port}/health", timeout=1)
+        assert not (tmp_path / "absent.yaml").exists()
+    finally:
+        stop(proc)
+
+
+def test_environment_used_without_flags(tmp_path, backend):
+    config = tmp_path / "env.yaml"
+    config.write_text(config_yaml([endpoint("svc", f"{backend.url}/api")], health={"enabled": False}))
+    port = free_port()
+    proc = run([], cwd=tmp_path, env={"PORT": str(port), "HOST": "127.0.0.1", "CONFIG_PATH": str(config),
+                                       "LOG_LEVEL": "WARNING"})
+    output = drain(proc)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, output)
+        assert httpx.get(f"http://127.0.0.1:{port}/config/status").json()["config_path"] == str(config)
+    finally:
+        stop(proc)
+
+
+def test_bad_config_at_startup_exits_non_zero_naming_the_entry(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(config_yaml([endpoint("fine", "http://127.0.0.1:9/x"),
+                                   endpoint("broken", "gopher://x", methods=["GET"])]))
+    proc = run(["--config", str(config), "--port", str(free_port()), "--host", "127.0.0.1"], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert b"endpoints[1] (broken): url:" in out, out
+    assert b"Traceback" not in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--log-level", "loud"], b"--log-level"),
+    (["--port", "99999"], b"--port"),
+    (["--port", "http"], b"--port"),
+])
+def test_bad_flags_exit_with_usage(tmp_path, args, message):
+    proc = run(args, cwd=tmp_path)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and message in out and b"Traceback" not in out
+    assert not (tmp_path / "config").exists()
+
+
+def test_unreadable_config_is_a_clear_error(tmp_path):
+    (tmp_path / "dir.yaml").mkdir()
+    proc = run(["--config", str(tmp_path / "dir.yaml"), "--port", str(free_port())], cwd=tmp_path)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and b"dir.yaml" in out
+    assert b"Traceback" not in out, out
