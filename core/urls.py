@@ -9,11 +9,15 @@ percent-encoded. Encoded slashes stay encoded inside their segment.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote, urlsplit
 
 # Characters allowed as-is in a path segment (RFC 3986 pchar, plus '%' so
 # existing escapes pass through untouched).
 _SEGMENT_SAFE = "!$&'()*+,;=:@%-._~"
+# A '%' that does not start a valid escape is itself encoded, so the backend
+# gets a well-formed URL that decodes to exactly what the caller sent.
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class UnsafePath(ValueError):
@@ -50,7 +54,7 @@ def safe_join(base_path: str, raw_path: str) -> str:
             # "..%2F.." is one segment to us, but a backend that decodes %2F
             # would climb: refuse rather than guess how the backend reads it.
             raise UnsafePath("the path holds an encoded '../'")
-        kept.append(quote(segment, safe=_SEGMENT_SAFE))
+        kept.append(_STRAY_PERCENT.sub("%25", quote(segment, safe=_SEGMENT_SAFE)))
     trailing = "/" if raw_path.endswith("/") and kept else ""
     return base_path + "/" + "/".join(kept) + trailing
 

@@ -29,6 +29,7 @@ log = logging.getLogger("orchestrator.proxy")
 # Total request header bytes accepted (Envoy's default is 60 KiB): generous for
 # large tokens and cookies, small enough that headers cannot exhaust memory.
 MAX_HEADER_BYTES = 64 * 1024
+_PREFIX_BYTES = PREFIX.encode()
 
 DESCRIPTION = """\
 Orchestrator forwards `ANY /orchestrator/{name}/{path}` to the backend registered as `{name}`,
@@ -119,7 +120,10 @@ class Gateway:
                 await self.forwarder.reject(send, Failure.HEADERS_TOO_LARGE, scope["headers"],
                                             detail=f"the request headers exceed {MAX_HEADER_BYTES // 1024} KiB")
                 return
-            if scope["path"].startswith(PREFIX):
+            # Dispatch on the raw path: the forwarder parses the route name out of
+            # it, so "/orchestrato%72/svc" (decoded: "/orchestrator/svc") must not
+            # reach the forwarder with a raw path it cannot split.
+            if (scope.get("raw_path") or scope["path"].encode()).startswith(_PREFIX_BYTES):
                 await self.forwarder(scope, receive, send)
                 return
         await self.admin(scope, receive, send)

@@ -199,6 +199,8 @@ def test_paths_that_climb_are_refused(proxy, backend, target):
     ("/orchestrator/echo/a/../b", "/api/b"),
     ("/orchestrator/echo/a/./b/%2e/c", "/api/a/b/c"),
     ("/orchestrator/echo/a%2Fb", "/api/a%2Fb"),
+    ("/orchestrator/echo/50%/%zz", "/api/50%25/%25zz"),
+    ("/orchestrator/echo/a;b=c/x#frag", "/api/a;b=c/x"),
 ])
 def test_unnormalised_paths_stay_on_the_backend(proxy, backend, target, path):
     status, headers, body = raw_request(proxy, "GET", target)
@@ -206,6 +208,13 @@ def test_unnormalised_paths_stay_on_the_backend(proxy, backend, target, path):
     echo = json.loads(body)
     assert echo["raw_path"] == path
     assert [v for k, v in echo["headers"] if k.lower() == "host"] == [f"127.0.0.1:{backend.port}"]
+
+
+def test_encoded_prefix_is_not_split_by_the_forwarder(proxy):
+    status, _, body = raw_request(proxy, "GET", "/orchestrato%72/echo/x")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    status, _, body = raw_request(proxy, "GET", "/orchestrator//echo/x")
+    assert status == 404 and json.loads(body)["error"]["route"] == ""
 
 
 def test_absolute_form_request_target_cannot_pick_the_host(proxy, backend):

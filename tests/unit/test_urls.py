@@ -32,6 +32,8 @@ JOIN_CASES = [
     ("a?b", "/api/a%3Fb"),
     ("users/42:edit;v=1", "/api/users/42:edit;v=1"),
     ("~me/x-y_z.json", "/api/~me/x-y_z.json"),
+    ("100%", "/api/100%25"),                 # a stray '%' is encoded, valid escapes kept
+    ("%zz/%41%", "/api/%25zz/%41%25"),
 ]
 
 UNSAFE = [

@@ -1,0 +1,279 @@
+"""The cluster mode end to end: real API server, operator and two proxy replicas
+as local processes, real backends on 127.0.0.1 (DESIGN.md "Data flow")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import yaml
+
+from stack import NAMESPACE, REGISTRY, Stack, endpoint_manifest
+from support.harness import BACKEND, Backend, start_backend, stop, wait_for_port, wait_until
+
+FAST_HEALTH = {"intervalSeconds": 0.5, "timeoutSeconds": 0.5, "healthyThreshold": 1, "unhealthyThreshold": 2}
+
+
+@pytest.fixture(scope="module")
+def stack(control_plane, tmp_path_factory) -> Iterator[Stack]:
+    s = Stack(control_plane, tmp_path_factory.mktemp("stack"), replicas=2)
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    b = start_backend()
+    yield b
+    stop(b.proc)
+
+
+def restart_backend(b: Backend) -> Backend:
+    proc = subprocess.Popen([sys.executable, str(BACKEND), str(b.port)])
+    wait_for_port(b.port, proc)
+    return Backend(b.port, proc)
+
+
+def test_apply_routes_on_every_replica_with_auth_intact(stack: Stack, backend: Backend) -> None:
+    stack.apply(endpoint_manifest("payments", f"{backend.url}/api", routeName="payment_service",
+                                  methods=["GET", "POST"], healthCheck=FAST_HEALTH))
+    responses = stack.wait_all("/orchestrator/payment_service/charges?limit=2", lambda r: r.status_code == 200,
+                               headers={"Authorization": "Bearer secret-token"})
+    for r in responses:
+        echo = r.json()
+        assert echo["path"] == "/api/charges" and echo["query"] == "limit=2"
+        assert ["Authorization", "Bearer secret-token"] in echo["headers"]
+    obj = stack.wait_for("payments", health="Healthy", circuitBreaker="Closed",
+                         check=lambda o: stack.condition(o, "Ready").get("status") == "True")
+    assert stack.condition(obj, "Programmed")["message"] == "loaded on 2 of 2 proxy replicas"
+    assert obj["status"]["route"] == "/orchestrator/payment_service/"
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    table = stack.cp.kubectl("get", "endpoints.orchestrator.dev", "payments").stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "URL", "HEALTH", "BREAKER", "READY", "AGE"]
+    assert row.split()[1:5] == [f"{backend.url}/api", "Healthy", "Closed", "True"]
+    stack.wait_event("default", "payments", "Programmed")
+
+
+def test_backend_down_unhealthy_breaker_open_then_recovers(stack: Stack, backend: Backend) -> None:
+    stack.apply(endpoint_manifest("flaky", backend.url, healthCheck=FAST_HEALTH,
+                                  circuitBreaker={"failureThreshold": 2, "resetTimeoutSeconds": 1}))
+    stack.wait_for("flaky", health="Healthy")
+    stop(backend.proc)
+    stack.wait_for("flaky", health="Unhealthy")
+    stack.wait_event("default", "flaky", "Unhealthy")
+    # Failing traffic through replica 0 only: its breaker opens, replica 1's stays closed.
+    first = stack.proxies[0]
+    codes = [httpx.get(f"{first.url}/orchestrator/flaky/x", timeout=5).status_code for _ in range(3)]
+    assert codes[:2] == [502, 502] and codes[2] == 503
+    obj = stack.wait_for("flaky", circuitBreaker="Open")
+    assert obj["status"]["replicas"]["breakerOpen"] == 1
+    stack.wait_event("default", "flaky", "CircuitOpen")
+
+    revived = restart_backend(backend)
+    try:
+        stack.wait_for("flaky", health="Healthy")
+        stack.wait_event("default", "flaky", "Healthy")
+        # The breaker closes on a successful trial call once reset_timeout has passed.
+        wait_until(lambda: httpx.get(f"{first.url}/orchestrator/flaky/x", timeout=5).status_code == 200, timeout=10)
+        obj = stack.wait_for("flaky", circuitBreaker="Closed")
+        assert obj["status"]["replicas"]["breakerOpen"] == 0
+        stack.wait_event("default", "flaky", "CircuitClosed")
+    finally:
+        stop(revived.proc)
+
+
+def test_spec_edits_follow_and_delete_removes(stack: Stack, backend: Backend) -> None:
+    stack.apply(endpoint_manifest("editable", backend.url, methods=["GET"]))
+    stack.wait_all("/orchestrator/editable/a", lambda r: r.status_code == 200)
+    posts = stack.request_all("POST", "/orchestrator/editable/a")
+    assert [r.status_code for r in posts] == [405, 405] and posts[0].headers["allow"] == "GET, HEAD"
+
+    stack.apply(endpoint_manifest("editable", backend.url, methods=["GET", "POST"], timeoutSeconds=0.5))
+    obj = stack.wait_for("editable", check=lambda o: o["status"].get("observedGeneration") == 2)
+    assert stack.condition(obj, "Accepted")["observedGeneration"] == 2
+    stack.wait_all("/orchestrator/editable/a", lambda r: r.status_code == 200)
+    assert [r.status_code for r in stack.request_all("POST", "/orchestrator/editable/a")] == [200, 200]
+    # the new timeout is in force: a 2 s backend call now times out
+    assert [r.status_code for r in stack.get_all("/orchestrator/editable/slow/2")] == [504, 504]
+
+    stack.apply(endpoint_manifest("editable", backend.url, methods=["GET", "POST"], disabled=True))
+    stack.wait_all("/orchestrator/editable/a", lambda r: r.status_code == 503)
+    stack.wait_for("editable", health="Disabled", check=lambda o: o["status"].get("observedGeneration") == 3)
+
+    stack.delete("endpoints.orchestrator.dev", "editable")
+    stack.wait_all("/orchestrator/editable/a", lambda r: r.status_code == 404)
+    registry = stack.cp.kubectl("get", "configmap", REGISTRY, "-n", NAMESPACE, "-o", "json").stdout
+    assert "editable" not in json.loads(registry)["data"]["registry.json"]
+
+
+def test_configmap_source_good_entries_route_bad_ones_are_events(stack: Stack, backend: Backend) -> None:
+    def source(text: str) -> dict:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "classic", "namespace": "default",
+                             "labels": {"orchestrator.dev/registry-source": "true"}},
+                "data": {"config.yaml": text}}
+
+    good = yaml.safe_dump({"endpoints": [
+        {"url": f"{backend.url}/one", "name": "cm_one"},
+        {"url": "ftp://nope.example", "name": "cm_bad"},
+        {"url": f"{backend.url}/two", "name": "cm_two"},
+    ]})
+    stack.apply(source(good))
+    stack.wait_all("/orchestrator/cm_one/x", lambda r: r.status_code == 200 and r.json()["path"] == "/one/x")
+    stack.wait_all("/orchestrator/cm_two/x", lambda r: r.status_code == 200)
+    assert [r.status_code for r in stack.get_all("/orchestrator/cm_bad/x")] == [404, 404]
+    event = stack.wait_event("default", "classic", "InvalidEntry", kind="ConfigMap")
+    assert event["type"] == "Warning" and "cm_bad" in event["message"] and "url" in event["message"]
+
+    stack.apply(source("endpoints: [ {url: broken"))
+    stack.wait_event("default", "classic", "InvalidEntry", kind="ConfigMap")
+    wait_until(lambda: any("not valid YAML" in e["message"]
+                           for e in stack.events("default", "classic", "ConfigMap")), timeout=20)
+    time.sleep(1)  # give a (wrong) removal time to propagate
+    assert [r.status_code for r in stack.get_all("/orchestrator/cm_one/x")] == [200, 200]
+    stack.delete("configmap", "classic")
+    stack.wait_all("/orchestrator/cm_one/x", lambda r: r.status_code == 404)
+
+
+def test_route_conflict_oldest_wins(stack: Stack, control_plane, backend: Backend) -> None:
+    control_plane.kubectl("create", "namespace", "team-old", check=False)
+    control_plane.kubectl("create", "namespace", "team-new", check=False)
+    stack.apply(endpoint_manifest("users", f"{backend.url}/old", namespace="team-old"))
+    stack.wait_for("users", namespace="team-old", check=lambda o: stack.condition(o, "Accepted").get("status") == "True")
+    time.sleep(1.1)  # creationTimestamp has one-second resolution
+    stack.apply(endpoint_manifest("users", f"{backend.url}/new", namespace="team-new"))
+    loser = stack.wait_for("users", namespace="team-new",
+                           check=lambda o: stack.condition(o, "Accepted").get("reason") == "RouteConflict")
+    accepted = stack.condition(loser, "Accepted")
+    assert accepted["status"] == "False" and "team-old/users" in accepted["message"]
+    assert [r.json()["path"] for r in stack.get_all("/orchestrator/users/x")] == ["/old/x", "/old/x"]
+    stack.wait_event("team-new", "users", "RouteConflict")
+    # when the winner goes, the other takes the route over
+    stack.delete("endpoints.orchestrator.dev", "users", "team-old")
+    stack.wait_all("/orchestrator/users/x", lambda r: r.status_code == 200 and r.json()["path"] == "/new/x")
+    stack.wait_for("users", namespace="team-new", check=lambda o: stack.condition(o, "Accepted").get("status") == "True")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"url": "ftp://files.example"}, "spec.url"),
+    ({"url": "http://x.example", "methods": ["FETCH"]}, 'Unsupported value: "FETCH"'),
+    ({"url": "http://x.example", "timeoutSeconds": -1}, "spec.timeoutSeconds"),
+    ({"url": "http://x.example", "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 5}},
+     "healthCheck.timeoutSeconds must not exceed healthCheck.intervalSeconds"),
+], ids=["ftp-url", "unknown-method", "negative-timeout", "cel-probe-timeout"])
+def test_schema_rejects_invalid_endpoints(stack: Stack, spec: dict, message: str) -> None:
+    result = stack.apply({"apiVersion": "orchestrator.dev/v1alpha1", "kind": "Endpoint",
+                          "metadata": {"name": "invalid", "namespace": "default"}, "spec": spec}, check=False)
+    assert result.returncode != 0
+    assert "is invalid" in result.stderr and message in result.stderr
+
+
+def test_operator_restart_converges_to_what_exists(stack: Stack, backend: Backend) -> None:
+    stack.apply(endpoint_manifest("survivor", backend.url))
+    stack.wait_all("/orchestrator/survivor/x", lambda r: r.status_code == 200)
+    stack.stop_operator()
+    # changes while the operator is away
+    stack.apply(endpoint_manifest("born-while-down", backend.url))
+    stack.delete("endpoints.orchestrator.dev", "survivor")
+    assert [r.status_code for r in stack.get_all("/orchestrator/survivor/x")] == [200, 200]  # last good registry
+    stack.start_operator()
+    stack.wait_all("/orchestrator/born-while-down/x", lambda r: r.status_code == 200)
+    stack.wait_all("/orchestrator/survivor/x", lambda r: r.status_code == 404)
+    stack.wait_for("born-while-down", check=lambda o: stack.condition(o, "Ready").get("status") == "True")
+
+
+def test_proxies_keep_routing_while_the_api_server_is_down(stack: Stack, control_plane, backend: Backend) -> None:
+    stack.apply(endpoint_manifest("static", backend.url))
+    stack.wait_all("/orchestrator/static/x", lambda r: r.status_code == 200)
+    apiserver = ApiServer(control_plane)
+    apiserver.stop()
+    try:
+        for _ in range(5):
+            assert [r.status_code for r in stack.get_all("/orchestrator/static/x")] == [200, 200]
+            time.sleep(0.3)
+    finally:
+        apiserver.start()
+    stack.apply(endpoint_manifest("after-outage", backend.url))
+    stack.wait_all("/orchestrator/after-outage/x", lambda r: r.status_code == 200, timeout=40)
+
+
+def test_route_churn_costs_nothing_elsewhere(stack: Stack, backend: Backend) -> None:
+    stack.apply(endpoint_manifest("steady", backend.url))
+    stack.apply(endpoint_manifest("edited", backend.url, methods=["GET"]))
+    stack.wait_all("/orchestrator/steady/x", lambda r: r.status_code == 200)
+    stack.wait_all("/orchestrator/edited/x", lambda r: r.status_code == 200)
+    failures: list[tuple[str, int]] = []
+    calls = [0]
+    done = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not done.is_set():
+                for proxy in stack.proxies:
+                    for route in ("steady", "edited"):
+                        code = client.get(f"{proxy.url}/orchestrator/{route}/x").status_code
+                        calls[0] += 1
+                        if code != 200:
+                            failures.append((route, code))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        manifests = [endpoint_manifest(f"churn-{i}", backend.url) for i in range(100)]
+        stack.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
+        for i, timeout in enumerate((3, 4, 5)):  # edit the busy route while the churn goes on
+            stack.apply(endpoint_manifest("edited", backend.url, methods=["GET", "POST"], timeoutSeconds=timeout))
+            time.sleep(0.3)
+        for m in manifests[::2]:
+            m["spec"]["methods"] = ["GET", "POST"]
+        stack.cp.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
+        stack.cp.kubectl("delete", "endpoints.orchestrator.dev", *[m["metadata"]["name"] for m in manifests],
+                         "-n", "default", "--wait=false")
+        stack.wait_all("/orchestrator/churn-99/x", lambda r: r.status_code == 404, timeout=30)
+    finally:
+        done.set()
+        thread.join()
+    assert calls[0] > 50
+    assert failures == []
+
+
+class ApiServer:
+    """Stop and start the test control plane's kube-apiserver in place (same
+    flags, ports and certificates), as an outage would."""
+
+    def __init__(self, control_plane) -> None:
+        self.run = Path(control_plane.cluster_dir) / "run"
+        self.pidfile = self.run / "apiserver.pid"
+        pid = int(self.pidfile.read_text())
+        self.argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        self.pid = pid
+        self.server = control_plane.server
+        self.ca = control_plane.ca_file
+
+    def stop(self) -> None:
+        import os
+        import signal
+        os.kill(self.pid, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{self.pid}").exists(), timeout=20)
+
+    def start(self) -> None:
+        with open(self.run / "apiserver.restarted.log", "ab") as log:
+            proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pidfile.write_text(str(proc.pid))
+        wait_until(lambda: self._ready(), timeout=60, interval=0.3, message="kube-apiserver ready again")
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.server}/readyz", verify=str(self.ca), timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
