@@ -38,7 +38,18 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class ClientGone(Exception):
-    """The caller disconnected while we were reading its request body."""
+    """The caller disconnected (while we read its body or streamed the answer)."""
+
+
+class _Body:
+    """What happened to the caller's request body, shared with its generator."""
+
+    __slots__ = ("started", "done", "gone")
+
+    def __init__(self, has_body: bool) -> None:
+        self.started = False  # a part of it was consumed: a retry could not resend it
+        self.done = not has_body  # fully read: `receive` is free for disconnect watching
+        self.gone = False  # the caller disconnected mid-body
 
 
 def _has_body(raw_headers: list[tuple[bytes, bytes]]) -> bool:
@@ -114,7 +125,9 @@ class Forwarder:
             if not failure.response_started:
                 await self._fail(send, failure.kind, name, request_id, detail=failure.detail)
         except ClientGone:
+            # The caller went away: not the backend's fault, so no breaker verdict.
             verdict = None
+            metrics.observe(499, time.perf_counter() - started)
         finally:
             breaker.release(admission, verdict)
 
@@ -130,11 +143,11 @@ class Forwarder:
         retry = rt.route.retries
         deadline = time.monotonic() + rt.route.timeout_seconds
         attempts = 1 + retry.attempts
-        body_started = [False]
+        body = _Body(has_body)
         for attempt in range(attempts):
             remaining = deadline - time.monotonic()
             timeout = rt.client_timeout if attempt == 0 else aiohttp.ClientTimeout(total=max(remaining, 0.001))
-            data = _request_body(receive, body_started) if has_body else None
+            data = _request_body(receive, body) if has_body else None
             try:
                 resp = await session.request(
                     method, target, headers=headers, data=data, timeout=timeout,
@@ -143,7 +156,9 @@ class Forwarder:
             except aiohttp.ClientConnectorError as exc:
                 # Never reached the backend: safe to retry while time remains
                 # and no part of a streamed body was consumed.
-                if attempt + 1 < attempts and not body_started[0] and deadline - time.monotonic() > 0:
+                if body.gone:
+                    raise ClientGone() from exc
+                if attempt + 1 < attempts and not body.started and deadline - time.monotonic() > 0:
                     continue
                 raise _UpstreamFailure(Failure.CONNECT_ERROR, f"the backend could not be reached: {exc.os_error or exc}")
             except asyncio.TimeoutError:
@@ -152,19 +167,23 @@ class Forwarder:
             except ClientGone:
                 raise
             except aiohttp.ClientError as exc:
+                # aiohttp wraps an error raised by the body generator (the caller
+                # disconnected mid-upload) in a ClientError: that is not a backend failure.
+                if body.gone:
+                    raise ClientGone() from exc
                 raise _UpstreamFailure(Failure.PROTOCOL_ERROR, f"the backend's answer was not valid HTTP: {exc}")
             if (resp.status >= 500 and retry.on_server_error and method in IDEMPOTENT and not has_body
                     and attempt + 1 < attempts and deadline - time.monotonic() > 0):
                 resp.release()
                 continue
             try:
-                return await self._relay(resp, method, send, request_id, started, metrics)
+                return await self._relay(resp, method, send, receive, body, request_id, started, metrics)
             finally:
                 resp.release()
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _relay(self, resp: aiohttp.ClientResponse, method: str, send: Send,
-                     request_id: bytes, started: float, metrics: Any) -> int:
+    async def _relay(self, resp: aiohttp.ClientResponse, method: str, send: Send, receive: Receive,
+                     body: _Body, request_id: bytes, started: float, metrics: Any) -> int:
         out_headers = hdrs.response_headers((n.lower(), v) for n, v in resp.raw_headers)
         if not any(n == b"x-request-id" for n, _ in out_headers):
             out_headers.append((b"x-request-id", request_id))
@@ -180,13 +199,23 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": body})
             else:
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
+                # uvicorn's send() silently drops data once the caller is gone, so
+                # without a watcher a closed download would still pull the whole body
+                # from the backend. Watch only once the request body is fully read:
+                # until then `receive` belongs to the body generator.
+                watcher = asyncio.ensure_future(_disconnected(receive)) if body.done else None
                 try:
                     async for chunk in resp.content.iter_chunked(_CHUNK):
+                        if watcher is not None and watcher.done():
+                            raise ClientGone()
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     # Headers are gone already: all we can do is cut the response short.
                     kind = Failure.TIMEOUT if isinstance(exc, asyncio.TimeoutError) else Failure.PROTOCOL_ERROR
                     raise _UpstreamFailure(kind, str(exc), response_started=True)
+                finally:
+                    if watcher is not None:
+                        watcher.cancel()
                 await send({"type": "http.response.body", "body": b""})
         except asyncio.TimeoutError:
             raise _UpstreamFailure(Failure.TIMEOUT, "the backend's body did not arrive in time")
@@ -219,14 +248,22 @@ class _UpstreamFailure(Exception):
         self.response_started = response_started
 
 
-async def _request_body(receive: Receive, started: list[bool]) -> AsyncIterator[bytes]:
-    started[0] = True
+async def _request_body(receive: Receive, body: _Body) -> AsyncIterator[bytes]:
+    body.started = True
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            body.gone = True
             raise ClientGone()
         chunk = message.get("body", b"")
         if chunk:
             yield chunk
         if not message.get("more_body", False):
+            body.done = True
             return
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the caller has disconnected (after its request body was read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

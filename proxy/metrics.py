@@ -53,7 +53,7 @@ class Metrics:
         for name, rm in sorted(self.routes.items()):
             for status, count in sorted(rm.requests.items()):
                 out.append(f'orchestrator_requests_total{{route="{_esc(name)}",status="{status}"}} {count}')
-        out += ["# HELP orchestrator_request_duration_seconds Time from request to response headers.",
+        out += ["# HELP orchestrator_request_duration_seconds Time from the request to the end of the response, or to the error.",
                 "# TYPE orchestrator_request_duration_seconds histogram"]
         for name, rm in sorted(self.routes.items()):
             label = _esc(name)

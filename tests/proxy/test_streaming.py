@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import pytest
 
-from harness import config_yaml, endpoint
+from harness import config_yaml, endpoint, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,3 +94,50 @@ def test_large_upload_streams(proxy, chunked):
     assert r.json()["received"] == SIZE
     growth_mb = (rss.peak - before) / 1024
     assert growth_mb < 50, f"proxy RSS grew by {growth_mb:.1f} MB for a {SIZE // MB} MB upload"
+
+
+def metric(c, line_start: str) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def register(c, backend, name):
+    r = c.post("/registry/endpoints", json={"config": {"url": f"{backend.url}/api", "name": name, "timeout": 60,
+                                                       "methods": ["GET", "POST"]}})
+    assert r.status_code == 201, r.text
+
+
+def test_caller_closing_a_download_stops_the_transfer(proxy, backend):
+    c = proxy.client()
+    register(c, backend, "gone_dl")
+    size = 4 * 1024 * MB  # far more than could finish during the test
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(f"GET /orchestrator/gone_dl/download/{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        while got < 4 * MB:
+            got += len(s.recv(65536))
+    # The proxy notices, drops the upstream call and records a client-closed request.
+    wait_until(lambda: metric(c, 'orchestrator_requests_total{route="gone_dl",status="499"}') == 1,
+               timeout=3, message="499 recorded")
+    breaker = c.get("/health/endpoints/gone_dl").json()["circuit_breaker"]
+    assert breaker["total_failures"] == 0 and breaker["state"] == "Closed"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_caller_abandoning_an_upload_is_not_a_backend_failure(proxy, backend, framing):
+    c = proxy.client()
+    name = f"gone_ul_{framing.replace('-', '_')}"
+    register(c, backend, name)
+    header = "Content-Length: 104857600" if framing == "content-length" else "Transfer-Encoding: chunked"
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(f"POST /orchestrator/{name}/upload HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n".encode())
+        for _ in range(32):
+            piece = b"x" * 65536
+            s.sendall(piece if framing == "content-length" else b"10000\r\n" + piece + b"\r\n")
+    wait_until(lambda: metric(c, f'orchestrator_requests_total{{route="{name}",status="499"}}') == 1,
+               timeout=3, message="499 recorded")
+    breaker = c.get(f"/health/endpoints/{name}").json()["circuit_breaker"]
+    assert breaker["total_failures"] == 0 and breaker["consecutive_failures"] == 0
+    assert metric(c, f'orchestrator_upstream_errors_total{{route="{name}",kind="upstream_protocol_error"}}') == 0
