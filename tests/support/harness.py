@@ -1,7 +1,7 @@
 """Helpers for the proxy tests: real processes on 127.0.0.1, free ports.
 
 The fixtures built on these live in conftest.py; test modules import the
-plain helpers from here (`from harness import ...`).
+plain helpers from here (`from support.harness import ...`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Helpers every test tier shares: a controllable backend server and process harness."""
