@@ -16,3 +16,13 @@ cluster-up: cluster-build
 # Stop everything cluster-up started (by PID) and delete its etcd data.
 cluster-down:
 	tools/controlplane/cluster.sh down
+
+.PHONY: dev test
+# The whole product on the local control plane: operator, two proxies, a sample
+# backend and examples/endpoints.yaml. Ctrl-C stops it.
+dev: cluster-build
+	python tools/dev.py
+
+# Every test tier (unit, proxy, cluster); the control plane is built if needed.
+test:
+	bash .ci/run

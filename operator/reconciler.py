@@ -150,9 +150,9 @@ class OperatorState:
         return [r for r in self.reports.values() if r.heartbeat >= horizon]
 
     async def _update_statuses(self, compiled: Compiled) -> None:
-        assert self.writer is not None
         reports = self.fresh_reports()
         now = now_rfc3339()
+        changes = []
         for key, seen in list(self.endpoints.items()):
             verdict = compiled.endpoints.get(key)
             if verdict is None:
@@ -162,16 +162,25 @@ class OperatorState:
                                          bool(seen.obj.spec.get("disabled", False)))
             current = self.status_written.get(meta.uid) or seen.status
             desired = status_logic.desired_status(verdict, agg, meta.generation, current, now)
-            if status_logic.same_status(desired, current):
-                continue
-            if not await asyncio.to_thread(self.writer.patch_status, meta.namespace, meta.name, desired):
-                continue
-            self.writes["status"] += 1
-            self.status_written[meta.uid] = desired
-            ref = involved("Endpoint", "orchestrator.dev/v1alpha1", seen.body_meta)
-            for etype, reason, message in status_logic.events_between(current, desired):
-                self.writes["events"] += 1
-                await asyncio.to_thread(self.writer.event, ref, etype, reason, message)
+            if not status_logic.same_status(desired, current):
+                changes.append((seen, current, desired))
+        # A few writes in flight at once: thousands of first statuses should not queue one by one.
+        gate = asyncio.Semaphore(8)
+
+        async def write(seen: _EndpointSeen, current: Optional[dict[str, Any]], desired: dict[str, Any]) -> None:
+            assert self.writer is not None
+            meta = seen.obj.meta
+            async with gate:
+                if not await asyncio.to_thread(self.writer.patch_status, meta.namespace, meta.name, desired):
+                    return
+                self.writes["status"] += 1
+                self.status_written[meta.uid] = desired
+                ref = involved("Endpoint", "orchestrator.dev/v1alpha1", seen.body_meta)
+                for etype, reason, message in status_logic.events_between(current, desired):
+                    self.writes["events"] += 1
+                    await asyncio.to_thread(self.writer.event, ref, etype, reason, message)
+
+        await asyncio.gather(*(write(*change) for change in changes))
         live = {seen.obj.meta.uid for seen in self.endpoints.values()}
         for uid in list(self.status_written):
             if uid not in live:
