@@ -41,8 +41,6 @@ def kopf_settings(settings: kopf.OperatorSettings, clusterwide: bool) -> None:
     settings.peering.name = "orchestrator"
     settings.peering.clusterwide = clusterwide
     settings.posting.level = logging.WARNING
-    # We never use kopf's change-tracking handlers; make sure nothing is stored on users' objects.
-    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf")
 
 
 @dataclass
