@@ -107,8 +107,10 @@ def test_schema_violation_is_refused_with_apiserver_message(
         "apply", "-n", namespace, "-f", "-", input=widget("too-big", size=42), check=False
     )
     assert res.returncode != 0
-    assert 'Widget.test.orchestrator.dev "too-big" is invalid' in res.stderr
-    assert "spec.size: Invalid value: 42: spec.size in body should be less than or equal to 10" in res.stderr
+    assert (
+        'The Widget "too-big" is invalid: spec.size: Invalid value: 42: '
+        "spec.size in body should be less than or equal to 10"
+    ) in res.stderr
 
     res = control_plane.kubectl(
         "apply", "-n", namespace, "-f", "-", input=widget("bad-color", size=1, color="pink"), check=False

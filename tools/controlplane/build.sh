@@ -29,6 +29,15 @@ export PATH="$(dirname "$GO"):$PATH"
 cd "$HERE"
 hash="$(cat go.mod go.sum cmd/etcd/main.go build.sh | sha256sum | cut -c1-16)-kcm${WITH_KCM}"
 stamp="$BIN/.stamp"
+mkdir -p "$BIN"
+# One build at a time: a second caller (another test run, `make cluster-up`)
+# waits for the first and then finds the stamp fresh, instead of starting a
+# second multi-GB compile on a 2-core machine.
+exec 9>"$BIN/.lock"
+if ! flock -n 9; then
+  echo "build.sh: another build is running; waiting for it" >&2
+  flock 9
+fi
 if [[ "${FORCE:-0}" != 1 && -f "$stamp" && "$(cat "$stamp")" == "$hash" ]]; then
   echo "control-plane binaries up to date in $BIN"
   exit 0
@@ -50,7 +59,6 @@ done
 
 # Static binaries, like upstream's release builds; no C toolchain needed.
 export CGO_ENABLED=0
-mkdir -p "$BIN"
 rm -f "$stamp"
 
 # `nice` so a build never starves other work on a small machine. Each step is

@@ -158,6 +158,7 @@ up() {
 
   rm -rf "$RUN"
   mkdir -p "$RUN/pki" "$RUN/etcd-data"
+  chmod 700 "$RUN/etcd-data" # etcd warns about anything wider
   # Any failure half-way must not leave etcd/apiserver running.
   trap 'log "up failed; stopping what was started"; down' ERR
   chmod 700 "$RUN"
