@@ -43,46 +43,59 @@ alive() {
   [[ "$1" == watchdog || "$exe" == "$BIN/"* ]]
 }
 
-stop_one() { # stop_one <name>: SIGTERM, wait up to 10 s, then SIGKILL
-  local name="$1" pid i
-  if alive "$name"; then
-    pid="$(cat "$RUN/$name.pid")"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
+# stop <name...>: SIGTERM all at once (each takes 1-3 s to shut down
+# gracefully; in parallel that's the time of the slowest, not the sum), wait
+# up to 10 s, then SIGKILL whatever is left. Only PIDs that `alive` confirms.
+stop() {
+  local name pids=() pid i
+  for name in "$@"; do
+    if alive "$name"; then
+      pid="$(cat "$RUN/$name.pid")"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+  done
+  for ((i = 0; i < 200; i++)); do
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null && break
+      pid=""
     done
+    [[ -z "${pid:-}" ]] && break
+    sleep 0.05
+  done
+  for pid in "${pids[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then
-      log "$name (pid $pid) ignored SIGTERM; killing"
+      log "pid $pid ignored SIGTERM for 10 s; killing"
       kill -KILL "$pid" 2>/dev/null || true
     fi
-  fi
-  rm -f "$RUN/$name.pid"
+  done
+  for name in "$@"; do rm -f "$RUN/$name.pid"; done
 }
 
 down() {
   [[ -d "$RUN" ]] || { log "nothing running in $DIR"; return 0; }
-  # The watchdog first, so it doesn't race us; then clients before servers.
-  stop_one watchdog
-  stop_one kube-controller-manager
-  stop_one kube-apiserver
-  stop_one etcd
+  # The watchdog first, so it doesn't race us.
+  stop watchdog
+  stop kube-controller-manager kube-apiserver etcd
   # etcd's data is throwaway; logs and certs stay for post-mortems until next `up`.
   rm -rf "$RUN/etcd-data" "$KUBECONFIG_OUT"
   log "stopped"
 }
 
-# Three distinct free loopback ports. The kernel picks them (bind to port 0);
-# all are held at once so they differ. A tiny race remains until our servers
-# bind them; `up` fails loudly (with the log) if it is ever lost.
+# Three distinct free loopback ports, picked at random from 20000-31999: below
+# the kernel's ephemeral range (32768+), so no port chosen by bind(0) -- an
+# outgoing connection, another test's server -- can take them meanwhile; and
+# not in use by anything now (ss lists every TCP socket). A tiny race with
+# another starter remains; `up` then fails loudly, with the server's log.
 free_ports() {
-  python3 - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
+  local used ports=() p
+  used=" $(ss -Htan | awk '{n = split($4, a, ":"); print a[n]}' | sort -u | tr '\n' ' ') "
+  while ((${#ports[@]} < 3)); do
+    p=$((20000 + RANDOM % 12000))
+    [[ "$used" == *" $p "* || " ${ports[*]} " == *" $p "* ]] && continue
+    ports+=("$p")
+  done
+  echo "${ports[*]}"
 }
 
 # wait_for <what> <pid-name> <command...>: poll every 50 ms; fail early if the
@@ -112,7 +125,8 @@ wait_for() {
 start() {
   local name="$1"
   shift
-  setsid "$BIN/$name" "$@" >"$RUN/$name.log" 2>&1 </dev/null &
+  # 8>&-: the server must not inherit (and so hold) our lock on $DIR/.lock.
+  setsid "$BIN/$name" "$@" >"$RUN/$name.log" 2>&1 </dev/null 8>&- &
   echo $! >"$RUN/$name.pid"
 }
 
@@ -180,8 +194,9 @@ up() {
     --log-level=warn
 
   # Meanwhile, credentials. Service-account tokens (TokenRequest, `kubectl
-  # create token`) are signed with this key; it also verifies them.
-  openssl genrsa -out "$RUN/pki/sa.key" 2048 2>/dev/null
+  # create token`) are signed with this key (ES256) and verified with it.
+  # EC P-256 rather than RSA: generated in milliseconds instead of ~0.5 s.
+  openssl ecparam -name prime256v1 -genkey -noout -out "$RUN/pki/sa.key"
   # Static bearer tokens (random per start): CSV token,user,uid,"groups".
   # admin is in system:masters (bypasses RBAC); alice and bob have no grants
   # at all, so tests can bind exactly what they need to them.
@@ -260,6 +275,7 @@ EOF
     # Watchdog: when the owner dies (even by SIGKILL, when no finalizer runs),
     # bring the plane down. Detached, and its own PID is recorded for `down`.
     (
+      exec 8>&- # don't hold `up`'s lock for our lifetime
       trap '' INT
       while kill -0 "$CLUSTER_OWNER_PID" 2>/dev/null; do sleep 1; done
       rm -f "$RUN/watchdog.pid" # `down` must not signal us, its parent
@@ -285,9 +301,16 @@ status() {
   echo "ready: $SERVER"
 }
 
+# up and down of one CLUSTER_DIR never interleave (a `down` racing a
+# half-done `up` would miss PIDs not yet written and orphan servers).
+lock() {
+  exec 8>"$DIR/.lock"
+  flock 8
+}
+
 case "${1:-}" in
-up) up ;;
-down) down ;;
+up) lock && up ;;
+down) lock && down ;;
 env) env_cmd ;;
 status) status ;;
 *)
