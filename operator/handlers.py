@@ -7,6 +7,7 @@ writer of Endpoint status is the reconcile loop.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import kopf
@@ -20,8 +21,11 @@ def build_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
-        # The official client's config: a kubeconfig ($KUBECONFIG) or the Pod's service account.
-        return kopf.login_via_client(**kwargs)
+        # The Pod's service account in a cluster, else $KUBECONFIG (read at call time:
+        # the official client fixes its default path when it is first imported).
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return kopf.login_with_service_account(**kwargs)
+        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.event("orchestrator.dev", "v1alpha1", "endpoints", registry=registry)
     async def endpoint_seen(event: dict[str, Any], body: kopf.Body, memo: OperatorState, **_: Any) -> None:

@@ -60,12 +60,16 @@ class Stack:
     proxy_kubeconfig: Optional[Path] = None
     operator: Optional[Process] = None
     proxies: list[Process] = field(default_factory=list)
+    # Where the registry and reports live, and the registry's name (a Helm release
+    # installs them as "<release namespace>" and "<release>-registry").
+    namespace: str = NAMESPACE
+    registry: str = REGISTRY
 
     # -- lifecycle -------------------------------------------------------------
     def install_prerequisites(self) -> None:
         self.cp.kubectl("apply", "-f", str(ROOT / "crds"))
         self.cp.kubectl("wait", "--for=condition=Established", "crd/endpoints.orchestrator.dev", "--timeout=60s")
-        self.cp.kubectl("create", "namespace", NAMESPACE, check=False)
+        self.cp.kubectl("create", "namespace", self.namespace, check=False)
         self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(
             {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "orchestrator"}}))
 
@@ -82,8 +86,8 @@ class Stack:
         kubeconfig = self.operator_kubeconfig or self.cp.kubeconfig
         port = free_port()
         self.operator = self._spawn(
-            "operator", ["operator", "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE,
-                         "--health-port", str(port)],
+            "operator", ["operator", "--kubeconfig", str(kubeconfig), "--namespace", self.namespace,
+                         "--registry", self.registry, "--health-port", str(port)],
             env={"ORCHESTRATOR_REPORT_STALE_SECONDS": "6"}, port=port)
         return self.operator
 
@@ -96,8 +100,8 @@ class Stack:
         kubeconfig = self.proxy_kubeconfig or self.cp.kubeconfig
         port = free_port()
         return self._spawn(
-            f"proxy-{replica}", ["proxy", "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE,
-                                 "--host", "127.0.0.1", "--port", str(port), "--replica-id", replica,
+            f"proxy-{replica}", ["proxy", "--kubeconfig", str(kubeconfig), "--namespace", self.namespace,
+                                 "--registry", self.registry, "--host", "127.0.0.1", "--port", str(port), "--replica-id", replica,
                                  "--log-level", "info"],
             env={"ORCHESTRATOR_REPORT_INTERVAL": "1"}, port=port)
 

@@ -4,6 +4,9 @@ as local processes, real backends on 127.0.0.1 (DESIGN.md "Data flow")."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -253,7 +256,7 @@ class ApiServer:
 
     def __init__(self, control_plane) -> None:
         self.run = Path(control_plane.cluster_dir) / "run"
-        self.pidfile = self.run / "apiserver.pid"
+        self.pidfile = self.run / "kube-apiserver.pid"
         pid = int(self.pidfile.read_text())
         self.argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         self.pid = pid
@@ -261,10 +264,14 @@ class ApiServer:
         self.ca = control_plane.ca_file
 
     def stop(self) -> None:
-        import os
-        import signal
-        os.kill(self.pid, signal.SIGTERM)
-        wait_until(lambda: not Path(f"/proc/{self.pid}").exists(), timeout=20)
+        os.kill(self.pid, signal.SIGKILL)  # an outage, not a graceful shutdown
+        wait_until(self._gone, timeout=20, message="kube-apiserver gone")
+
+    def _gone(self) -> bool:
+        try:
+            return "\tZ" in Path(f"/proc/{self.pid}/status").read_text().split("State:")[1][:4]
+        except (FileNotFoundError, IndexError):
+            return True
 
     def start(self) -> None:
         with open(self.run / "apiserver.restarted.log", "ab") as log:
@@ -274,6 +281,7 @@ class ApiServer:
 
     def _ready(self) -> bool:
         try:
-            return httpx.get(f"{self.server}/readyz", verify=str(self.ca), timeout=1).status_code == 200
+            tls = ssl.create_default_context(cafile=str(self.ca))
+            return httpx.get(f"{self.server}/readyz", verify=tls, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
