@@ -81,9 +81,14 @@ def create_admin_app(state: AppState) -> FastAPI:
 
 @contextlib.asynccontextmanager
 async def start_runtime(state: AppState) -> AsyncIterator[None]:
-    """The I/O that lives as long as the server: upstream session, source, health checks."""
+    """The I/O that lives as long as the server: upstream pool and session, source, health checks."""
     import asyncio
 
+    from orchestrator.proxy.upstream import Pool
+
+    # The data plane's upstream client (proxy/upstream.py); aiohttp's session
+    # below serves the health checks and /router/test, off the hot path.
+    state.upstream = Pool()
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30)
     # DummyCookieJar: the proxy must never keep one caller's cookies for another.
     state.session = aiohttp.ClientSession(
@@ -99,6 +104,7 @@ async def start_runtime(state: AppState) -> AsyncIterator[None]:
         health_task.cancel()
         await state.health.close()
         await state.session.close()
+        await state.upstream.close()
 
 
 class Gateway:

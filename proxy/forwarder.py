@@ -1,9 +1,10 @@
 """The data plane: `/orchestrator/{name}/{path}` as a bare ASGI handler.
 
 This is the hot path, so it skips the web framework: one dict lookup for the
-route, precomputed URL parts, headers handled as raw bytes, and aiohttp as
-the upstream client (chosen by measurement, see docs/performance.md). Bodies
-stream in both directions, so memory does not grow with body size.
+route, precomputed URL parts, headers handled as raw bytes, and a lean pooled
+HTTP/1.1 client for the upstream call (`proxy/upstream.py`, chosen over
+aiohttp's client by measurement: see docs/performance.md). Bodies stream in
+both directions, so memory does not grow with body size.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
-
-import aiohttp
-from yarl import URL
+from typing import Any, Awaitable, Callable, Optional
 
 from orchestrator.core import headers as hdrs
 from orchestrator.core import urls
@@ -22,6 +20,7 @@ from orchestrator.core.breaker import Admission
 from orchestrator.core.failures import TABLE, Failure, error_body
 from orchestrator.proxy.metrics import UNKNOWN_ROUTE
 from orchestrator.proxy.route_table import RouteRuntime
+from orchestrator.proxy.upstream import Pool, Response, UpstreamError
 
 log = logging.getLogger("orchestrator.proxy")
 
@@ -33,7 +32,6 @@ PREFIX = "/orchestrator/"
 _PREFIX_LEN = len(PREFIX)
 # Bodies up to this size are read whole and sent in one message; larger ones stream.
 _SMALL_BODY = 256 * 1024
-_CHUNK = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
@@ -42,23 +40,43 @@ class ClientGone(Exception):
 
 
 class _Body:
-    """What happened to the caller's request body, shared with its generator."""
+    """The caller's request body, read piece by piece by the upstream client."""
 
-    __slots__ = ("started", "done", "gone")
+    __slots__ = ("receive", "started", "done", "gone")
 
-    def __init__(self, has_body: bool) -> None:
+    def __init__(self, receive: Receive, has_body: bool) -> None:
+        self.receive = receive
         self.started = False  # a part of it was consumed: a retry could not resend it
         self.done = not has_body  # fully read: `receive` is free for disconnect watching
         self.gone = False  # the caller disconnected mid-body
 
+    async def read(self) -> tuple[bytes, bool]:
+        """The next piece and whether more follows (the upstream client's BodySource)."""
+        self.started = True
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.gone = True
+            raise ClientGone()
+        more = message.get("more_body", False)
+        if not more:
+            self.done = True
+        return message.get("body", b""), more
 
-def _has_body(raw_headers: list[tuple[bytes, bytes]]) -> bool:
+
+def _body_framing(raw_headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
+    """(the request has a body, forward it chunked): chunked unless the caller gave only a Content-Length."""
+    length: Optional[bytes] = None
+    te = False
     for name, value in raw_headers:
         if name == b"content-length":
-            return value.strip() != b"0"
-        if name == b"transfer-encoding":
-            return True
-    return False
+            length = value
+        elif name == b"transfer-encoding":
+            te = True
+    if te:
+        return True, True
+    if length is not None:
+        return length.strip() != b"0", False
+    return False, False
 
 
 class Forwarder:
@@ -96,11 +114,14 @@ class Forwarder:
             await self._fail(send, Failure.DISABLED, name, request_id, detail=f"the endpoint {name!r} is {why}")
             return
         try:
-            url = urls.upstream_url(rt.origin, rt.base_path, sub_path, scope.get("query_string", b"").decode("latin-1"))
+            target = urls.safe_join(rt.base_path, sub_path)
         except urls.UnsafePath as exc:
             metrics.observe(400, time.perf_counter() - started)
             await self._fail(send, Failure.BAD_PATH, name, request_id, detail=str(exc))
             return
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target += "?" + query.decode("latin-1")
         breaker = rt.breaker
         admission = breaker.acquire()
         if admission is Admission.REJECTED:
@@ -115,7 +136,7 @@ class Forwarder:
             request_headers, client[0] if client else "", scope.get("scheme", "http"), request_id)
         verdict: Optional[bool] = None
         try:
-            status = await self._forward(rt, method, url, upstream_headers, request_headers, receive, send,
+            status = await self._forward(rt, method, target, upstream_headers, request_headers, receive, send,
                                          request_id, started, metrics)
             verdict = status < 500
         except _UpstreamFailure as failure:
@@ -132,48 +153,34 @@ class Forwarder:
             breaker.release(admission, verdict)
 
     async def _forward(
-        self, rt: RouteRuntime, method: str, url: str, upstream_headers: list[tuple[bytes, bytes]],
+        self, rt: RouteRuntime, method: str, target: str, upstream_headers: list[tuple[bytes, bytes]],
         request_headers: list[tuple[bytes, bytes]], receive: Receive, send: Send,
         request_id: bytes, started: float, metrics: Any,
     ) -> int:
-        session: aiohttp.ClientSession = self.state.session
-        has_body = _has_body(request_headers)
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in upstream_headers]
-        target = URL(url, encoded=True)
+        pool: Pool = self.state.upstream
+        has_body, chunked = _body_framing(request_headers)
         retry = rt.route.retries
-        deadline = time.monotonic() + rt.route.timeout_seconds
+        timeout = rt.route.timeout_seconds
+        deadline = pool.time() + timeout  # bounds the whole call, retries included
         attempts = 1 + retry.attempts
-        body = _Body(has_body)
+        body = _Body(receive, has_body)
+        source = body.read if has_body else None
         for attempt in range(attempts):
-            remaining = deadline - time.monotonic()
-            timeout = rt.client_timeout if attempt == 0 else aiohttp.ClientTimeout(total=max(remaining, 0.001))
-            data = _request_body(receive, body) if has_body else None
             try:
-                resp = await session.request(
-                    method, target, headers=headers, data=data, timeout=timeout,
-                    allow_redirects=False, auto_decompress=False,
-                )
-            except aiohttp.ClientConnectorError as exc:
-                # Never reached the backend: safe to retry while time remains
-                # and no part of a streamed body was consumed.
-                if body.gone:
-                    raise ClientGone() from exc
-                if attempt + 1 < attempts and not body.started and deadline - time.monotonic() > 0:
-                    continue
-                raise _UpstreamFailure(Failure.CONNECT_ERROR, f"the backend could not be reached: {exc.os_error or exc}")
-            except asyncio.TimeoutError:
-                raise _UpstreamFailure(Failure.TIMEOUT,
-                                       f"the backend did not answer within {rt.route.timeout_seconds:g}s")
-            except ClientGone:
-                raise
-            except aiohttp.ClientError as exc:
-                # aiohttp wraps an error raised by the body generator (the caller
-                # disconnected mid-upload) in a ClientError: that is not a backend failure.
-                if body.gone:
-                    raise ClientGone() from exc
-                raise _UpstreamFailure(Failure.PROTOCOL_ERROR, f"the backend's answer was not valid HTTP: {exc}")
+                resp = await pool.request(rt.origin, method, target, upstream_headers, source, chunked, deadline)
+            except UpstreamError as exc:
+                kind = exc.kind
+                if kind is Failure.CONNECT_ERROR:
+                    # Never reached the backend: safe to retry while time remains
+                    # and no part of a streamed body was consumed.
+                    if attempt + 1 < attempts and not body.started and deadline - pool.time() > 0:
+                        continue
+                    raise _UpstreamFailure(kind, f"the backend could not be reached: {exc.detail}")
+                if kind is Failure.TIMEOUT:
+                    raise _UpstreamFailure(kind, f"the backend did not answer within {timeout:g}s")
+                raise _UpstreamFailure(Failure.PROTOCOL_ERROR, f"the backend's answer was not valid HTTP: {exc.detail}")
             if (resp.status >= 500 and retry.on_server_error and method in IDEMPOTENT and not has_body
-                    and attempt + 1 < attempts and deadline - time.monotonic() > 0):
+                    and attempt + 1 < attempts and deadline - pool.time() > 0):
                 resp.release()
                 continue
             try:
@@ -182,45 +189,47 @@ class Forwarder:
                 resp.release()
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _relay(self, resp: aiohttp.ClientResponse, method: str, send: Send, receive: Receive,
+    async def _relay(self, resp: Response, method: str, send: Send, receive: Receive,
                      body: _Body, request_id: bytes, started: float, metrics: Any) -> int:
-        out_headers = hdrs.response_headers((n.lower(), v) for n, v in resp.raw_headers)
+        out_headers = hdrs.response_headers(resp.headers)
         if not any(n == b"x-request-id" for n, _ in out_headers):
             out_headers.append((b"x-request-id", request_id))
         status = resp.status
-        length = resp.content_length
+        length = resp.length
         try:
             if method == "HEAD" or status in (204, 304):
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 await send({"type": "http.response.body", "body": b""})
             elif length is not None and length <= _SMALL_BODY:
-                body = await resp.read()
+                data = await resp.read()
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
-                await send({"type": "http.response.body", "body": body})
+                await send({"type": "http.response.body", "body": data})
             else:
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 # uvicorn's send() silently drops data once the caller is gone, so
                 # without a watcher a closed download would still pull the whole body
                 # from the backend. Watch only once the request body is fully read:
-                # until then `receive` belongs to the body generator.
+                # until then `receive` belongs to the body reader.
                 watcher = asyncio.ensure_future(_disconnected(receive)) if body.done else None
                 try:
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
+                    while True:
+                        chunk = await resp.next_chunk()
+                        if not chunk:
+                            break
                         if watcher is not None and watcher.done():
                             raise ClientGone()
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except UpstreamError as exc:
                     # Headers are gone already: all we can do is cut the response short.
-                    kind = Failure.TIMEOUT if isinstance(exc, asyncio.TimeoutError) else Failure.PROTOCOL_ERROR
-                    raise _UpstreamFailure(kind, str(exc), response_started=True)
+                    raise _UpstreamFailure(exc.kind, exc.detail, response_started=True)
                 finally:
                     if watcher is not None:
                         watcher.cancel()
                 await send({"type": "http.response.body", "body": b""})
-        except asyncio.TimeoutError:
-            raise _UpstreamFailure(Failure.TIMEOUT, "the backend's body did not arrive in time")
-        except aiohttp.ClientError as exc:
-            raise _UpstreamFailure(Failure.PROTOCOL_ERROR, f"the backend's answer was cut short: {exc}")
+        except UpstreamError as exc:
+            if exc.kind is Failure.TIMEOUT:
+                raise _UpstreamFailure(Failure.TIMEOUT, "the backend's body did not arrive in time")
+            raise _UpstreamFailure(Failure.PROTOCOL_ERROR, f"the backend's answer was cut short: {exc.detail}")
         metrics.observe(status, time.perf_counter() - started)
         return status
 
@@ -246,21 +255,6 @@ class _UpstreamFailure(Exception):
         self.kind = kind
         self.detail = detail
         self.response_started = response_started
-
-
-async def _request_body(receive: Receive, body: _Body) -> AsyncIterator[bytes]:
-    body.started = True
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            body.gone = True
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            body.done = True
-            return
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -37,7 +37,8 @@ class AppState:
         self.ready = False  # True once a registry has been loaded
         self.statuses: dict[str, str] = {}  # admin status overrides (standalone)
         self.health = HealthMonitor(self.metrics, clock=clock, on_change=lambda target, h: self.notify())
-        self.session: Optional[aiohttp.ClientSession] = None
+        self.session: Optional[aiohttp.ClientSession] = None  # health checks, /router/test
+        self.upstream: Any = None  # the data plane's upstream.Pool, created in the lifespan
         self.source: Any = None  # StandaloneSource or ClusterSource
         self._make_breaker = breaker_factory(clock, self._breaker_moved)
         self._listeners: list[Listener] = []
