@@ -17,12 +17,28 @@ cluster-up: cluster-build
 cluster-down:
 	tools/controlplane/cluster.sh down
 
-.PHONY: dev test
+.PHONY: dev test run
 # The whole product on the local control plane: operator, two proxies, a sample
 # backend and examples/endpoints.yaml. Ctrl-C stops it.
 dev: cluster-build
 	python tools/dev.py
 
-# Every test tier (unit, proxy, cluster); the control plane is built if needed.
+# Every test tier (unit, proxy, cluster); installs and builds what they need.
 test:
-	bash .ci/run
+	tools/test.sh
+
+# The standalone proxy on config/config.yaml (created with a sample on first run).
+run:
+	python -m pip install --quiet -e . && python main.py
+
+.PHONY: chart-crds chart-lint
+# The chart ships copies of crds/ (the source of truth); tests/cluster/test_chart.py
+# fails when they differ.
+chart-crds:
+	cp crds/*.yaml charts/orchestrator/crds/
+
+# Lint the Helm chart (helm from .cluster/bin, built by cluster-build).
+chart-lint: cluster-build
+	.cluster/bin/helm lint --strict charts/orchestrator
+	.cluster/bin/helm lint --strict charts/orchestrator -f tests/cluster/testdata/chart/all-features.yaml
+	.cluster/bin/helm lint --strict charts/orchestrator -f tests/cluster/testdata/chart/namespaces.yaml
