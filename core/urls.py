@@ -18,6 +18,10 @@ _SEGMENT_SAFE = "!$&'()*+,;=:@%-._~"
 # A '%' that does not start a valid escape is itself encoded, so the backend
 # gets a well-formed URL that decodes to exactly what the caller sent.
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# The common case: only characters `quote` keeps as they are, no '%' (escapes),
+# no '\\' (a separator). Such a path needs no work unless it has an empty or
+# dot segment, which `_plain_path` also checks.
+_PLAIN = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@\-_~./]*").fullmatch
 
 
 class UnsafePath(ValueError):
@@ -41,6 +45,8 @@ def safe_join(base_path: str, raw_path: str) -> str:
     `raw_path` is the part after `/orchestrator/{name}`, still percent-encoded.
     The result starts with '/' (or is exactly base_path + '/' for an empty path).
     """
+    if _plain_path(raw_path):
+        return base_path + "/" + raw_path
     kept: list[str] = []
     for segment in raw_path.replace("\\", "/").split("/"):
         if not segment or _is_dot(segment, "."):
@@ -57,6 +63,17 @@ def safe_join(base_path: str, raw_path: str) -> str:
         kept.append(_STRAY_PERCENT.sub("%25", quote(segment, safe=_SEGMENT_SAFE)))
     trailing = "/" if raw_path.endswith("/") and kept else ""
     return base_path + "/" + "/".join(kept) + trailing
+
+
+def _plain_path(raw_path: str) -> bool:
+    """True if `safe_join` would return the path unchanged (after the base and one '/')."""
+    if not _PLAIN(raw_path) or raw_path.startswith("/") or "//" in raw_path:
+        return False
+    if "." in raw_path:
+        padded = "/" + raw_path + "/"
+        if "/./" in padded or "/../" in padded:
+            return False
+    return True
 
 
 def upstream_url(origin: str, base_path: str, raw_path: str, query: str) -> str:
