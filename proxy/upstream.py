@@ -132,10 +132,6 @@ def reusable(complete: bool, request_sent: bool, keep_alive: bool, failed: bool)
     return complete and request_sent and keep_alive and not failed
 
 
-def response_has_body(method: str, status: int) -> bool:
-    return method != "HEAD" and status not in (204, 304) and not 100 <= status < 200
-
-
 # -- the connection ----------------------------------------------------------------------
 
 class _Conn(asyncio.Protocol):

@@ -15,6 +15,8 @@ with different base paths.
     /_control/health        ?key=K&status=N: set the health answer of K
     /_control/stats         ?prefix=P: {"hits": n} requests whose path starts with P
                             (control requests excluded; health probes counted under /health)
+    /_control/connections   ?prefix=P: {"connections": n} distinct client connections (peer
+                            address and port) that carried requests whose path starts with P
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections import Counter
 from aiohttp import web
 
 hits: Counter[str] = Counter()
+peers: set[tuple[str, str]] = set()  # (client "ip:port", raw path): connections per path
 health_status: dict[str, int] = {}
 CHUNK = b"x" * (256 * 1024)
 
@@ -60,6 +63,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await control(request)
     kind, args = behaviour(path)
     hits[request.raw_path] += 1
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    if peer:
+        peers.add((f"{peer[0]}:{peer[1]}", request.raw_path))
     if kind == "status":
         code = int(args[0])
         return web.json_response({"backend_status": code, "detail": "from the backend"}, status=code,
@@ -103,6 +109,9 @@ async def control(request: web.Request) -> web.Response:
     if request.path == "/_control/stats":
         prefix = request.query.get("prefix", "")
         return web.json_response({"hits": sum(n for p, n in hits.items() if p.startswith(prefix))})
+    if request.path == "/_control/connections":
+        prefix = request.query.get("prefix", "")
+        return web.json_response({"connections": len({p for p, path in peers if path.startswith(prefix)})})
     return web.json_response({"error": "unknown control"}, status=404)
 
 
