@@ -182,7 +182,9 @@ up() {
   SERVER="https://127.0.0.1:$api_port"
 
   # etcd: single member on loopback. --unsafe-no-fsync: the data is thrown
-  # away anyway, and fsync dominates write latency on VM disks.
+  # away anyway, and fsync dominates write latency on VM disks. A single
+  # member still waits one election timeout (default 1 s) before it leads;
+  # with no peers to lose, a short one is safe and saves ~0.5 s per start.
   start etcd \
     --name=controlplane \
     --data-dir="$RUN/etcd-data" \
@@ -191,6 +193,7 @@ up() {
     --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
     --initial-cluster="controlplane=http://127.0.0.1:$peer_port" \
     --unsafe-no-fsync=true \
+    --heartbeat-interval=10 --election-timeout=100 \
     --log-level=warn
 
   # Meanwhile, credentials. Service-account tokens (TokenRequest, `kubectl
