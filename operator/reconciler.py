@@ -67,6 +67,9 @@ class OperatorState:
     writes: dict[str, int] = field(default_factory=lambda: {"registry": 0, "status": 0, "events": 0})
     _kick: asyncio.Event = field(default_factory=asyncio.Event)
     primed: bool = False  # no writes until the initial listing is complete
+    # Only Endpoint and source changes need a compile; a report only moves status.
+    _dirty_inputs: bool = True
+    _compiled: Optional[Compiled] = None
 
     # -- what the watches saw ----------------------------------------------
     def observe_endpoint(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
@@ -77,6 +80,7 @@ class OperatorState:
             self.endpoints[meta.key] = _EndpointSeen(
                 EndpointObject(meta, dict(body.get("spec") or {})),
                 dict(body.get("status") or {}) or None, dict(body.get("metadata") or {}))
+        self._dirty_inputs = True
         self.kick()
 
     def observe_configmap(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
@@ -87,21 +91,24 @@ class OperatorState:
             text = (body.get("data") or {}).get(contract.SOURCE_KEY)
             self.sources[meta.key] = ConfigMapObject(meta, text)
             self.source_meta[meta.key] = dict(body.get("metadata") or {})
+            self._dirty_inputs = True
             self.kick()
         elif meta.key in self.sources:  # deleted, or the label was taken off
             del self.sources[meta.key]
             self.source_meta.pop(meta.key, None)
+            self._dirty_inputs = True
             self.kick()
         if meta.namespace == self.settings.namespace and labels.get(contract.REPORT_LABEL) == self.settings.registry_name:
-            if gone:
-                self.reports.pop(meta.name, None)
-            else:
+            before = self.reports.pop(meta.name, None)
+            if not gone:
                 try:
                     self.reports[meta.name] = contract.Report.from_json((body.get("data") or {})[contract.REPORT_KEY])
                 except (KeyError, ValueError, TypeError) as exc:
                     log.warning("ignoring unreadable report %s: %s", meta.name, exc)
-                    self.reports.pop(meta.name, None)
-            self.kick()
+            after = self.reports.get(meta.name)
+            # A heartbeat alone changes nothing visible; the periodic pass checks freshness.
+            if before is None or after is None or before.content() != after.content():
+                self.kick()
 
     def kick(self) -> None:
         self._kick.set()
@@ -134,7 +141,10 @@ class OperatorState:
 
     async def reconcile(self) -> None:
         assert self.writer is not None
-        compiled = self.compile()
+        if self._dirty_inputs or self._compiled is None:
+            self._dirty_inputs = False
+            self._compiled = self.compile()
+        compiled = self._compiled
         registry = compiled.registry
         if self.registry is None or registry.revision != self.registry.revision:
             self.shards_written = await asyncio.to_thread(self.writer.write_registry, registry, self.shards_written)

@@ -79,7 +79,7 @@ class Stack:
         for i in range(self.replicas):
             self.proxies.append(self._start_proxy(f"r{i}"))
         for proxy in self.proxies:
-            wait_until(lambda p=proxy: self._ready(p), timeout=30, message=f"proxy {proxy.name} ready")
+            wait_until(lambda p=proxy: self._ready(p), timeout=60, message=f"proxy {proxy.name} ready")
         return self
 
     def start_operator(self) -> Process:
