@@ -509,8 +509,9 @@ class Pool:
         """
         o = self._origins.get(origin) or self.origin(origin)
         head = request_head(method, target, o.host_header, headers, body is not None, chunked)
-        first: Optional[bytes] = None  # the body, when it came whole in its first piece
-        streamed = False
+        first: Optional[bytes] = None  # the body's first piece, once read from the caller
+        more = False  # ... and whether more follows
+        streamed = False  # the rest is being streamed: the request can no longer be replayed
         for attempt in (0, 1):
             conn = self._take(o.key)
             reused = conn is not None
@@ -521,34 +522,30 @@ class Pool:
                 if body is None:
                     conn.transport.write(head)
                     conn.request_sent = True
-                elif first is not None:
-                    conn.transport.writelines(
-                        [head, *chunk_frame(first), _LAST_CHUNK] if chunked and first else
-                        [head, _LAST_CHUNK] if chunked else [head, first])
-                    conn.request_sent = True
                 else:
-                    conn.body_task = asyncio.current_task()
-                    try:
-                        piece, more = await body()
-                    except asyncio.CancelledError:
-                        if conn.timed_out:
-                            conn.body_task.uncancel()
-                            raise UpstreamError(Failure.TIMEOUT, "the request body did not arrive in time")
-                        raise
-                    conn.body_task = None
-                    conn.check()
+                    if first is None:
+                        conn.body_task = asyncio.current_task()
+                        try:
+                            first, more = await body()
+                        except asyncio.CancelledError:
+                            if conn.timed_out:
+                                conn.body_task.uncancel()
+                                raise UpstreamError(Failure.TIMEOUT, "the request body did not arrive in time")
+                            raise
+                        conn.body_task = None
+                        conn.check()  # died while we waited (nothing sent yet: a retry may replay `first`)
                     if chunked:
-                        conn.transport.writelines([head, *chunk_frame(piece)] if piece else [head])
+                        pieces = [head, *chunk_frame(first)] if first else [head]
+                        if not more:
+                            pieces.append(_LAST_CHUNK)
+                        conn.transport.writelines(pieces)
                     else:
-                        conn.transport.writelines([head, piece])
+                        conn.transport.writelines([head, first])
                     if more:
                         streamed = True
                         conn.writer = self.loop.create_task(conn.write_rest(body, chunked))
                     else:
-                        if chunked:
-                            conn.transport.write(_LAST_CHUNK)
                         conn.request_sent = True
-                        first = piece
                 while not conn.head_done:
                     conn.check()
                     await conn.wait()

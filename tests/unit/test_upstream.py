@@ -577,3 +577,29 @@ def test_request_bodies_content_length_and_chunked():
             assert srv.connections == 1
             await pool.close()
     run(main)
+
+
+@pytest.mark.parametrize("pieces", [[b"whole"], [b"first,", b"second"]], ids=["whole", "streamed"])
+@pytest.mark.usefixtures("event_loop_kind")
+def test_pooled_connection_dying_while_the_caller_sends_its_body_is_retried(pieces):
+    """Nothing was written yet when the connection died: the piece already read is replayed."""
+    async def handler(reader, writer, n):
+        head, body = await read_request(reader)
+        writer.write(ok(b"conn %d got %s" % (n, body)))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # then close while idle
+
+    async def main():
+        async with RawServer(handler) as srv:
+            pool = Pool()
+            assert await get(pool, srv.origin) == (200, b"conn 1 got ")
+            queue = list(pieces)
+
+            async def slow_source() -> tuple[bytes, bool]:
+                await asyncio.sleep(0.2)  # meanwhile the server drops the pooled connection
+                return queue.pop(0), bool(queue)
+            resp = await pool.request(srv.origin, "POST", "/", [], slow_source, True, pool.time() + 5)
+            assert resp.status == 200 and await resp.read() == b"conn 2 got " + b"".join(pieces)
+            resp.release()
+            await pool.close()
+    run(main)
