@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,11 +20,13 @@ from orchestrator import kube
 from orchestrator.core import compile as compiler
 from orchestrator.core import contract
 from orchestrator.core.registry import Registry
-from orchestrator.operator.handlers import build_registry
+from orchestrator.operator.handlers import build_registry, memo_for
+from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.reconciler import OperatorState, Settings
 from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer
 
 log = logging.getLogger("orchestrator.operator")
+PEERING_NAME = "orchestrator"
 
 
 def load_defaults(path: Optional[str]) -> compiler.model.Defaults:
@@ -33,13 +36,11 @@ def load_defaults(path: Optional[str]) -> compiler.model.Defaults:
     return compiler.defaults_from_values(values)
 
 
-def kopf_settings(settings: kopf.OperatorSettings, clusterwide: bool) -> None:
+def kopf_settings(settings: kopf.OperatorSettings) -> None:
     # Server- and client-side timeouts: a watch that silently died is re-established.
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
-    settings.peering.name = "orchestrator"
-    settings.peering.clusterwide = clusterwide
     settings.posting.level = logging.WARNING
 
 
@@ -88,7 +89,8 @@ def prime(state: OperatorState, snap: Snapshot) -> None:
 
 
 def run_operator(args: argparse.Namespace) -> int:
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
+    if args.log_level != "debug":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     namespaces: Optional[list[str]] = args.watch_namespace or None
@@ -98,25 +100,31 @@ def run_operator(args: argparse.Namespace) -> int:
         settings.report_stale_seconds = float(stale)
     api = kube.api_client(args.kubeconfig)
     state = OperatorState(settings=settings, writer=Writer(api, args.namespace, args.registry))
-    return asyncio.run(_main(state, api, namespaces, args.health_port))
+    identity = f"{socket.gethostname()}/{os.getpid()}"
+    state.peering = PeeringGuard(api, PEERING_NAME, identity, namespace=namespaces[0] if namespaces else None)
+    return asyncio.run(_main(state, api, namespaces, args.health_port, identity))
 
 
-async def _main(state: OperatorState, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int) -> int:
+async def _main(state: OperatorState, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int,
+                identity: str) -> int:
     prime(state, await asyncio.to_thread(list_everything, state.settings, api, namespaces))
     registry = build_registry()
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        kopf_settings(settings, clusterwide=namespaces is None)
+        kopf_settings(settings)
 
     loop_task = asyncio.create_task(state.run(), name="reconciler")
     try:
         await kopf.operator(
             registry=registry,
-            memo=state,
+            memo=memo_for(state),
             clusterwide=namespaces is None,
             namespaces=namespaces or (),
             liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
+            identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
+            # Given here, not in a startup handler: kopf picks its peering object before those run.
+            peering_name=PEERING_NAME,
         )
     finally:
         loop_task.cancel()

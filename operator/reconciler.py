@@ -22,6 +22,7 @@ from orchestrator.core.compile import (Compiled, ConfigMapObject, EndpointObject
 from orchestrator.core.model import Defaults
 from orchestrator.core.registry import Registry
 from orchestrator.operator import status as status_logic
+from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.writer import Writer, involved, now_rfc3339
 
 log = logging.getLogger("orchestrator.operator")
@@ -70,17 +71,23 @@ class OperatorState:
     # Only Endpoint and source changes need a compile; a report only moves status.
     _dirty_inputs: bool = True
     _compiled: Optional[Compiled] = None
+    peering: Optional[PeeringGuard] = None
 
     # -- what the watches saw ----------------------------------------------
     def observe_endpoint(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
         meta = _meta(body)
+        log.debug("Endpoint %s/%s generation %d: %s", meta.namespace, meta.name, meta.generation, event_type or "listed")
         if event_type == "DELETED":
             self.endpoints.pop(meta.key, None)
+            self._dirty_inputs = True
         else:
-            self.endpoints[meta.key] = _EndpointSeen(
-                EndpointObject(meta, dict(body.get("spec") or {})),
-                dict(body.get("status") or {}) or None, dict(body.get("metadata") or {}))
-        self._dirty_inputs = True
+            before = self.endpoints.get(meta.key)
+            seen = _EndpointSeen(EndpointObject(meta, dict(body.get("spec") or {})),
+                                 dict(body.get("status") or {}) or None, dict(body.get("metadata") or {}))
+            self.endpoints[meta.key] = seen
+            # Our own status patches come back as MODIFIED: they change nothing to compile.
+            if before is None or before.obj != seen.obj:
+                self._dirty_inputs = True
         self.kick()
 
     def observe_configmap(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
@@ -125,6 +132,8 @@ class OperatorState:
             if not self.primed:
                 continue
             try:
+                if self.peering is not None and await asyncio.to_thread(self.peering.check):
+                    continue  # frozen: another operator is alive
                 await self.reconcile()
             except Exception:  # keep the loop alive; the next pass retries everything
                 log.exception("reconcile failed; retrying")
@@ -144,6 +153,8 @@ class OperatorState:
         if self._dirty_inputs or self._compiled is None:
             self._dirty_inputs = False
             self._compiled = self.compile()
+            log.debug("compiled %d endpoints, %d sources: revision %s", len(self.endpoints), len(self.sources),
+                      self._compiled.registry.revision)
         compiled = self._compiled
         registry = compiled.registry
         if self.registry is None or registry.revision != self.registry.revision:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from stack import NAMESPACE, REGISTRY, Stack, endpoint_manifest
-from support.harness import BACKEND, Backend, start_backend, stop, wait_for_port, wait_until
+from support.harness import BACKEND, Backend, free_port, start_backend, stop, wait_for_port, wait_until
 
 FAST_HEALTH = {"intervalSeconds": 0.5, "timeoutSeconds": 0.5, "healthyThreshold": 1, "unhealthyThreshold": 2}
 
@@ -285,3 +285,21 @@ class ApiServer:
             return httpx.get(f"{self.server}/readyz", verify=tls, timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+def test_an_accidental_second_operator_freezes_both(stack: Stack, backend: Backend) -> None:
+    first = stack.operator
+    assert first is not None
+    second = stack._spawn("operator-second", ["operator", "--kubeconfig", str(stack.cp.kubeconfig),
+                                              "--namespace", NAMESPACE, "--health-port", str(free_port())],
+                          env={}, port=0)
+    try:
+        wait_until(lambda: "pausing writes" in first.log(), timeout=60, interval=0.5,
+                   message="the first operator pauses")
+        stack.apply(endpoint_manifest("while-frozen", backend.url))
+        time.sleep(3)
+        assert [r.status_code for r in stack.get_all("/orchestrator/while-frozen/x")] == [404, 404]
+    finally:
+        stop(second.proc)
+    stack.wait_all("/orchestrator/while-frozen/x", lambda r: r.status_code == 200, timeout=90)
+    assert "resuming" in first.log()
