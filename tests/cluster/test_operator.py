@@ -303,3 +303,16 @@ def test_an_accidental_second_operator_freezes_both(stack: Stack, backend: Backe
         stop(second.proc)
     stack.wait_all("/orchestrator/while-frozen/x", lambda r: r.status_code == 200, timeout=90)
     assert "resuming" in first.log()
+
+
+def test_kubectl_explain_describes_every_spec_field(stack: Stack) -> None:
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "endpoints.orchestrator.dev.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    # kubectl reads the first dot-separated word as the resource, so the group goes in --api-version
+    # (or use the short name: `kubectl explain oep.spec`).
+    for args in (["endpoints.spec", "--api-version=orchestrator.dev/v1alpha1"], ["oep.spec"]):
+        text = stack.cp.kubectl("explain", *args).stdout
+        assert "KIND:       Endpoint\n" in text and "GROUP:      orchestrator.dev" in text
+        for name, prop in spec.items():
+            assert f"  {name}\t" in text, name
+            assert prop["description"].split()[0] in text, name
