@@ -316,3 +316,18 @@ def test_kubectl_explain_describes_every_spec_field(stack: Stack) -> None:
         for name, prop in spec.items():
             assert f"  {name}\t" in text, name
             assert prop["description"].split()[0] in text, name
+
+
+def test_admin_writes_are_refused_in_cluster_mode(stack: Stack) -> None:
+    proxy = stack.proxies[0]
+    body = {"config": {"url": "http://127.0.0.1:9", "name": "sneaky"}}
+    for method, path, kw in (("POST", "/registry/endpoints", {"json": body}),
+                             ("DELETE", "/registry/endpoints/anything", {}),
+                             ("PUT", "/registry/endpoints/anything/status?status=inactive", {}),
+                             ("POST", "/config/reload", {})):
+        r = httpx.request(method, f"{proxy.url}{path}", timeout=10, **kw)
+        assert r.status_code == 409, (method, path, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "managed_by_operator" and "kubectl apply" in error["message"]
+    status = httpx.get(f"{proxy.url}/config/status", timeout=10).json()
+    assert status["mode"] == "cluster" and status["watch_connected"] is True
