@@ -91,11 +91,14 @@ def _add_forwarding(out: HeaderList, forwarded_for: Optional[bytes], host: bytes
 def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> HeaderList:
     """Headers to send back to the caller from the backend's response."""
     headers = list(headers)
+    drop = HOP_BY_HOP
     for name, _ in headers:
         if name == b"connection":
             extra = _connection_tokens(headers)
-            return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in extra]
-    return [(n, v) for n, v in headers if n not in HOP_BY_HOP]
+            if not extra <= HOP_BY_HOP:  # usually just "keep-alive" or "close"
+                drop = HOP_BY_HOP | extra
+            break
+    return [(n, v) for n, v in headers if n not in drop]
 
 
 # New request ids: a random per-process prefix and a counter, 32 hex digits.
