@@ -6,7 +6,7 @@ One run starts, all on 127.0.0.1 and on free ports:
   direct      nginx as a fast backend, returning {"ok":true} (the floor)
   nginx       nginx as a reverse proxy in front of it (upstream keepalive, HTTP/1.1)
   seed-style  bench/seed_style_proxy.py: FastAPI + one shared httpx.AsyncClient (the baseline)
-  ours        `python main.py` (uvicorn/uvloop/httptools, bare ASGI forwarder, aiohttp)
+  ours        `python main.py` (uvicorn/uvloop/httptools, bare ASGI forwarder, proxy/upstream.py client)
 
 and drives each with wrk (1 thread; 1 and 32 connections by default; a 1 s
 warm-up before each measurement). It prints a table (requests/s, p50, p99), the
