@@ -72,6 +72,8 @@ class OperatorState:
     _dirty_inputs: bool = True
     _compiled: Optional[Compiled] = None
     peering: Optional[PeeringGuard] = None
+    _status_due: bool = False
+    _status_task: Optional["asyncio.Task[None]"] = None
 
     # -- what the watches saw ----------------------------------------------
     def observe_endpoint(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
@@ -164,7 +166,22 @@ class OperatorState:
                      registry.revision, len(registry.routes), self.shards_written)
             self.registry = registry
         await self._report_sources(compiled)
-        await self._update_statuses(compiled)
+        # Status writes run beside the loop: a burst of them (thousands after a
+        # restart, or many replicas reporting) must not hold up the next registry write.
+        self._status_due = True
+        if self._status_task is None or self._status_task.done():
+            self._status_task = asyncio.create_task(self._status_writer(), name="status-writer")
+
+    async def _status_writer(self) -> None:
+        while self._status_due:
+            self._status_due = False
+            assert self._compiled is not None
+            try:
+                await self._update_statuses(self._compiled)
+            except Exception:
+                log.exception("status update failed; retrying")
+                await asyncio.sleep(1.0)
+                self._status_due = True
 
     def fresh_reports(self) -> list[contract.Report]:
         horizon = time.time() - self.settings.report_stale_seconds
