@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import aiohttp
-
 from orchestrator.core import urls
 from orchestrator.core.breaker import CircuitBreaker, Clock
 from orchestrator.core.model import Route
@@ -24,7 +22,7 @@ STATUSES = ("active", "inactive", "maintenance")
 class RouteRuntime:
     """One route plus everything the hot path needs precomputed."""
 
-    __slots__ = ("route", "origin", "base_path", "methods", "allow", "breaker", "client_timeout", "status")
+    __slots__ = ("route", "origin", "base_path", "methods", "allow", "breaker", "status")
 
     def __init__(self, route: Route, breaker: CircuitBreaker, status: str) -> None:
         self.route = route
@@ -32,7 +30,6 @@ class RouteRuntime:
         self.methods = frozenset(route.methods) | ({"HEAD"} if "GET" in route.methods else frozenset())
         self.allow = ", ".join(sorted(self.methods)).encode()
         self.breaker = breaker
-        self.client_timeout = aiohttp.ClientTimeout(total=route.timeout_seconds)
         self.status = status
 
     @property
