@@ -42,6 +42,9 @@ def kopf_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING
+    # The operator names its resources and namespaces exactly: no need to list CRDs or
+    # Namespaces (which the chart's RBAC does not grant, and kopf would retry for a minute).
+    settings.scanning.disabled = True
 
 
 @dataclass
@@ -99,7 +102,8 @@ def run_operator(args: argparse.Namespace) -> int:
     if stale:
         settings.report_stale_seconds = float(stale)
     api = kube.api_client(args.kubeconfig)
-    state = OperatorState(settings=settings, writer=Writer(api, args.namespace, args.registry))
+    state = OperatorState(settings=settings, writer=Writer(api, args.namespace, args.registry,
+                                                           owner_configmap=args.owner_configmap))
     identity = f"{socket.gethostname()}/{os.getpid()}"
     state.peering = PeeringGuard(api, PEERING_NAME, identity, namespace=namespaces[0] if namespaces else None)
     return asyncio.run(_main(state, api, namespaces, args.health_port, identity))

@@ -25,12 +25,26 @@ def now_rfc3339() -> str:
 
 
 class Writer:
-    def __init__(self, api: client.ApiClient, namespace: str, registry_name: str, component: str = "orchestrator-operator") -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, registry_name: str,
+                 component: str = "orchestrator-operator", owner_configmap: Optional[str] = None) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespace = namespace
         self.registry_name = registry_name
         self.component = component
+        self.owner_configmap = owner_configmap
+        self._owners: Optional[list[client.V1OwnerReference]] = None
+
+    def _owner_references(self) -> Optional[list[client.V1OwnerReference]]:
+        """The owner ConfigMap's reference (looked up once), so garbage collection
+        removes the registry together with the release that made it."""
+        if self.owner_configmap is None:
+            return None
+        if self._owners is None:
+            owner = self.core.read_namespaced_config_map(self.owner_configmap, self.namespace)
+            self._owners = [client.V1OwnerReference(api_version="v1", kind="ConfigMap",
+                                                    name=owner.metadata.name, uid=owner.metadata.uid)]
+        return self._owners
 
     def write_registry(self, registry: Registry, previous_shards: int) -> int:
         """Write every shard, the named one last (it is what proxies watch). Returns the shard count."""
@@ -50,7 +64,7 @@ class Writer:
     def _put_configmap(self, name: str, data: dict[str, str]) -> None:
         body = client.V1ConfigMap(
             metadata=client.V1ObjectMeta(
-                name=name, namespace=self.namespace,
+                name=name, namespace=self.namespace, owner_references=self._owner_references(),
                 labels={contract.REGISTRY_LABEL: self.registry_name, "app.kubernetes.io/managed-by": "orchestrator"},
             ),
             data=data,
@@ -103,9 +117,3 @@ def involved(kind: str, api_version: str, meta: Mapping[str, Any]) -> dict[str, 
     return {"kind": kind, "apiVersion": api_version, "namespace": meta.get("namespace", ""),
             "name": meta.get("name", ""), "uid": meta.get("uid", "")}
 
-
-def optional_int(value: Optional[str]) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--registry", default=os.environ.get("ORCHESTRATOR_REGISTRY", "orchestrator-registry"))
     op.add_argument("--defaults", default=os.environ.get("ORCHESTRATOR_DEFAULTS"),
                     help="YAML/JSON file with global defaults (circuit_breaker, health_check, timeout)")
+    op.add_argument("--owner-configmap", default=os.environ.get("ORCHESTRATOR_OWNER_CONFIGMAP"),
+                    help="a ConfigMap in --namespace that owns the registry ConfigMaps, so they go with it "
+                         "(the Helm chart passes its defaults ConfigMap: `helm uninstall` then removes them)")
     op.add_argument("--log-level", type=_log_level, default=os.environ.get("LOG_LEVEL", "info"))
     op.add_argument("--health-port", type=_port, default=os.environ.get("HEALTH_PORT", "8080"))
     return parser

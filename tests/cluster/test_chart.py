@@ -293,8 +293,9 @@ def test_install_upgrade_with_new_defaults_and_uninstall(control_plane, tmp_path
         pod = op["template"]["spec"]
         c = pod["containers"][0]
         assert pod["serviceAccountName"] == "orchestrator-operator"
-        assert c["args"][:6] == ["operator", f"--namespace={ns}", "--registry=orchestrator-registry",
-                                 "--defaults=/etc/orchestrator/defaults.yaml", "--health-port=8080", "--log-level=info"]
+        assert c["args"][:7] == ["operator", f"--namespace={ns}", "--registry=orchestrator-registry",
+                                 "--defaults=/etc/orchestrator/defaults.yaml", "--owner-configmap=orchestrator-defaults",
+                                 "--health-port=8080", "--log-level=info"]
         assert not any(a.startswith("--watch-namespace") for a in c["args"])
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}
         assert {"name": "ORCHESTRATOR_REPORT_STALE_SECONDS", "value": "30"} in c["env"]
@@ -372,9 +373,10 @@ def test_install_upgrade_with_new_defaults_and_uninstall(control_plane, tmp_path
         assert cp.kubectl("get", "crd", "endpoints.orchestrator.dev", "kopfpeerings.kopf.dev",
                           "clusterkopfpeerings.kopf.dev").returncode == 0
         assert cp.kubectl("get", "endpoints.orchestrator.dev", "life-own", "-n", "chart-apps").returncode == 0
-        # Only what the operator wrote at run time stays (documented in the chart README).
-        left = get_json(cp, "configmaps", "-n", ns)["items"]
-        assert sorted(c["metadata"]["name"] for c in left) == ["kube-root-ca.crt", "orchestrator-registry"]
+        # The registry the operator wrote at run time is owned by the release's defaults
+        # ConfigMap, so the garbage collector takes it along.
+        wait_until(lambda: sorted(c["metadata"]["name"] for c in get_json(cp, "configmaps", "-n", ns)["items"])
+                   == ["kube-root-ca.crt"], timeout=60, message="the registry garbage-collected")
     finally:
         stack.stop()
         for name in ("life-inherits", "life-own"):
