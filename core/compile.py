@@ -215,20 +215,53 @@ def _previous_routes(previous: Optional[Registry], kind: str, uid: str) -> list[
     return [r for r in previous.routes.values() if r.source.kind == kind and r.source.uid == uid]
 
 
+@dataclass
+class CompileCache:
+    """What an earlier compile learnt, for a caller that compiles again and again
+    with the same defaults (the operator): an Endpoint whose (uid, generation)
+    did not change is neither validated nor serialised again. Results are the
+    same with or without it."""
+
+    routes: dict[tuple[str, int, str, str], "model.Route | str"] = field(default_factory=dict)  # str: the error
+    documents: dict[int, str] = field(default_factory=dict)  # id(route) -> its registry JSON
+
+
+def _endpoint_route(ep: EndpointObject, defaults: model.Defaults, cache: Optional[CompileCache],
+                    seen: set[tuple[str, int, str, str]]) -> "model.Route | str":
+    key = (ep.meta.uid, ep.meta.generation, ep.meta.namespace, ep.meta.name)
+    if cache is not None and ep.meta.uid:
+        seen.add(key)
+        hit = cache.routes.get(key)
+        if hit is not None:
+            return hit
+    try:
+        result: model.Route | str = route_from_spec(ep, defaults)
+    except ValueError as exc:
+        result = str(exc)
+    if cache is not None and ep.meta.uid:
+        cache.routes[key] = result
+    return result
+
+
 def compile_registry(
     endpoints: Iterable[EndpointObject],
     configmaps: Iterable[ConfigMapObject],
     defaults: model.Defaults,
     previous: Optional[Registry] = None,
+    cache: Optional[CompileCache] = None,
 ) -> Compiled:
     candidates: list[_Candidate] = []
     verdicts: dict[Key, Verdict] = {}
     reports: dict[Key, SourceReport] = {}
+    seen: set[tuple[str, int, str, str]] = set()
 
     for ep in endpoints:
         meta = ep.meta
+        route_or_error = _endpoint_route(ep, defaults, cache, seen)
         try:
-            route = route_from_spec(ep, defaults)
+            if isinstance(route_or_error, str):
+                raise ValueError(route_or_error)
+            route = route_or_error
             verdict = Verdict(True, "Accepted", "the Endpoint is valid and holds its route",
                               route.name, meta.generation)
         except ValueError as exc:
@@ -279,7 +312,13 @@ def compile_registry(
         if cand.configmap is not None:
             reports[cand.configmap].problems.append(f"entry {cand.route.source.entry!r}: {message}")
 
-    registry = Registry.build(c.route for c in winners.values())
+    registry = Registry.build((c.route for c in winners.values()), known=cache.documents if cache else None)
+    if cache is not None:
+        for key in set(cache.routes) - seen:  # Endpoints deleted or changed since
+            del cache.routes[key]
+        live = {id(r): r for r in cache.routes.values() if not isinstance(r, str)}
+        cache.documents = {i: doc for name, doc in registry.documents.items()
+                           if (i := id(registry.routes[name])) in live}
     return Compiled(registry=registry, endpoints=verdicts, configmaps=reports)
 
 

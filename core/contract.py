@@ -9,14 +9,15 @@ Registry (operator -> proxies), for a registry named R:
   change can fetch the rest; every shard carries the revision, so a mixed set
   is detected and re-read.
 Reports (proxies -> operator):
-  ConfigMap R-report-<replica>, labelled REPORT_LABEL=R, data report.json.
+  ConfigMap R-report-<replica>, labelled REPORT_LABEL=R, data report.json
+  (routes: health, breaker, uid, generation) and heartbeat (its own key).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional
 
 SOURCE_LABEL = "orchestrator.dev/registry-source"  # on user ConfigMaps in the classic format
 SOURCE_KEY = "config.yaml"
@@ -24,6 +25,7 @@ REGISTRY_LABEL = "orchestrator.dev/registry"  # on the compiled registry ConfigM
 REPORT_LABEL = "orchestrator.dev/report"  # on report ConfigMaps (value: R)
 REGISTRY_KEY = "registry.json"
 REPORT_KEY = "report.json"
+HEARTBEAT_KEY = "heartbeat"
 MAX_SHARDS = 32  # 32 x 900 KiB: room for far more than 10,000 endpoints; RBAC lists the names
 
 
@@ -54,21 +56,30 @@ class Report:
     revision: str
     routes: dict[str, RouteReport] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {"replica": self.replica, "heartbeat": round(self.heartbeat, 3), "revision": self.revision,
+    def to_data(self) -> dict[str, str]:
+        """ConfigMap data. The heartbeat has a key of its own, so a reader can tell
+        a heartbeat-only write from new content without parsing every route."""
+        body = json.dumps(
+            {"replica": self.replica, "revision": self.revision,
              "routes": {n: [r.health, r.breaker, r.uid, r.generation] for n, r in sorted(self.routes.items())}},
             separators=(",", ":"),
         )
+        return {REPORT_KEY: body, HEARTBEAT_KEY: f"{self.heartbeat:.3f}"}
 
     @classmethod
-    def from_json(cls, text: str) -> "Report":
-        data: dict[str, Any] = json.loads(text)
+    def from_data(cls, data: Mapping[str, str], known: Optional["Report"] = None,
+                  known_text: Optional[str] = None) -> "Report":
+        """Read a report; `known`/`known_text` (the last one read) skip the parse
+        when only the heartbeat moved."""
+        text, heartbeat = data[REPORT_KEY], float(data[HEARTBEAT_KEY])
+        if known is not None and text == known_text:
+            return replace(known, heartbeat=heartbeat)
+        parsed: dict[str, Any] = json.loads(text)
         return cls(
-            replica=str(data["replica"]),
-            heartbeat=float(data["heartbeat"]),
-            revision=str(data.get("revision", "")),
-            routes={n: RouteReport(*v) for n, v in data.get("routes", {}).items()},
+            replica=str(parsed["replica"]),
+            heartbeat=heartbeat,
+            revision=str(parsed.get("revision", "")),
+            routes={n: RouteReport(*v) for n, v in parsed.get("routes", {}).items()},
         )
 
     def content(self) -> tuple[str, dict[str, RouteReport]]:

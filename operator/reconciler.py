@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from orchestrator.core import contract
-from orchestrator.core.compile import (Compiled, ConfigMapObject, EndpointObject, Key, ObjectMeta,
+from orchestrator.core.compile import (CompileCache, Compiled, ConfigMapObject, EndpointObject, Key, ObjectMeta,
                                        compile_registry)
 from orchestrator.core.model import Defaults
 from orchestrator.core.registry import Registry
@@ -61,6 +61,7 @@ class OperatorState:
     sources: dict[Key, ConfigMapObject] = field(default_factory=dict)
     source_meta: dict[Key, dict[str, Any]] = field(default_factory=dict)
     reports: dict[str, contract.Report] = field(default_factory=dict)
+    _report_texts: dict[str, str] = field(default_factory=dict)  # as last read, to skip re-parsing
     registry: Optional[Registry] = None  # as last written (or found at start)
     shards_written: int = 0
     status_written: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status we patched
@@ -71,6 +72,7 @@ class OperatorState:
     # Only Endpoint and source changes need a compile; a report only moves status.
     _dirty_inputs: bool = True
     _compiled: Optional[Compiled] = None
+    _compile_cache: CompileCache = field(default_factory=CompileCache)
     peering: Optional[PeeringGuard] = None
     _status_due: bool = False
     _status_task: Optional["asyncio.Task[None]"] = None
@@ -109,9 +111,12 @@ class OperatorState:
             self.kick()
         if meta.namespace == self.settings.namespace and labels.get(contract.REPORT_LABEL) == self.settings.registry_name:
             before = self.reports.pop(meta.name, None)
+            before_text = self._report_texts.pop(meta.name, None)
             if not gone:
+                data = body.get("data") or {}
                 try:
-                    self.reports[meta.name] = contract.Report.from_json((body.get("data") or {})[contract.REPORT_KEY])
+                    self.reports[meta.name] = contract.Report.from_data(data, before, before_text)
+                    self._report_texts[meta.name] = data[contract.REPORT_KEY]
                 except (KeyError, ValueError, TypeError) as exc:
                     log.warning("ignoring unreadable report %s: %s", meta.name, exc)
             after = self.reports.get(meta.name)
@@ -148,6 +153,7 @@ class OperatorState:
             self.sources.values(),
             self.settings.defaults,
             self.registry,
+            self._compile_cache,
         )
 
     async def reconcile(self) -> None:

@@ -96,7 +96,7 @@ class Reporter:
             metadata=client.V1ObjectMeta(
                 name=self.name, namespace=self.namespace, owner_references=owners,
                 labels={contract.REPORT_LABEL: self.registry, "app.kubernetes.io/managed-by": "orchestrator"}),
-            data={contract.REPORT_KEY: report.to_json()},
+            data=report.to_data(),
         )
         try:
             self.core.replace_namespaced_config_map(self.name, self.namespace, body)

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-from orchestrator.core.compile import (Compiled, ConfigMapObject, EndpointObject, ObjectMeta, compile_registry,
+from orchestrator.core.compile import (CompileCache, Compiled, ConfigMapObject, EndpointObject, ObjectMeta, compile_registry,
                                        defaults_from_values)
 from orchestrator.core.registry import Registry
 
@@ -70,3 +70,30 @@ def test_input_order_does_not_matter(case: Path) -> None:
 
 def test_cases_exist() -> None:
     assert len(list(CASES.glob("*.in.yaml"))) >= 6
+
+
+@pytest.mark.parametrize("case", sorted(CASES.glob("*.in.yaml")), ids=lambda p: p.name.removesuffix(".in.yaml"))
+def test_a_cache_changes_nothing(case: Path) -> None:
+    doc = yaml.safe_load(case.read_text())
+    previous = _compile(doc["before"], None).registry if "before" in doc else None
+    endpoints = [EndpointObject(_meta(e["metadata"]), e.get("spec", {})) for e in doc.get("endpoints", [])]
+    configmaps = [ConfigMapObject(_meta(c["metadata"]), (c.get("data") or {}).get("config.yaml"))
+                  for c in doc.get("configmaps", [])]
+    defaults = defaults_from_values(doc.get("defaults"))
+    cache = CompileCache()
+    plain = _render(compile_registry(endpoints, configmaps, defaults, previous))
+    for _ in range(3):  # cold, then warm twice
+        assert _render(compile_registry(endpoints, configmaps, defaults, previous, cache)) == plain
+
+
+def test_the_cache_follows_generations_and_forgets_deleted_endpoints() -> None:
+    def ep(generation: int, url: str) -> EndpointObject:
+        return EndpointObject(ObjectMeta("default", "a", "uid-a", generation, "2026-01-01T00:00:00Z"), {"url": url})
+    cache = CompileCache()
+    first = compile_registry([ep(1, "http://one.svc")], [], defaults_from_values(None), None, cache)
+    assert first.registry.routes["a"].url == "http://one.svc" and list(cache.routes) == [("uid-a", 1, "default", "a")]
+    second = compile_registry([ep(2, "http://two.svc")], [], defaults_from_values(None), None, cache)
+    assert second.registry.routes["a"].url == "http://two.svc" and list(cache.routes) == [("uid-a", 2, "default", "a")]
+    assert second.registry.revision != first.registry.revision
+    compile_registry([], [], defaults_from_values(None), None, cache)
+    assert cache.routes == {} and cache.documents == {}
