@@ -277,13 +277,14 @@ EOF
   if [[ -n "${CLUSTER_OWNER_PID:-}" ]]; then
     # Watchdog: when the owner dies (even by SIGKILL, when no finalizer runs),
     # bring the plane down. Detached, and its own PID is recorded for `down`.
-    (
-      exec 8>&- # don't hold `up`'s lock for our lifetime
-      trap '' INT
-      while kill -0 "$CLUSTER_OWNER_PID" 2>/dev/null; do sleep 1; done
-      rm -f "$RUN/watchdog.pid" # `down` must not signal us, its parent
-      CLUSTER_DIR="$DIR" "$HERE/cluster.sh" down
-    ) </dev/null >>"$RUN/watchdog.log" 2>&1 &
+    # In its own session (setsid), like the binaries: a signal to the owner's
+    # process group (Ctrl-C, `timeout`) must not take the watchdog along with it.
+    # fd 8 is closed so it doesn't hold `up`'s lock for its lifetime.
+    setsid bash -c '
+      while kill -0 "$1" 2>/dev/null; do sleep 1; done
+      rm -f "$2/watchdog.pid" # `down` must not signal us, its parent
+      CLUSTER_DIR="$3" "$4" down
+    ' watchdog "$CLUSTER_OWNER_PID" "$RUN" "$DIR" "$HERE/cluster.sh" </dev/null >>"$RUN/watchdog.log" 2>&1 8>&- &
     echo $! >"$RUN/watchdog.pid"
   fi
 
