@@ -123,11 +123,21 @@ wait_for() {
 # start <name> <args...>: run $BIN/<name> detached (own session, so a Ctrl-C
 # in the caller's terminal doesn't hit it half-way; `down` stops it by PID).
 start() {
-  local name="$1"
+  local name="$1" pid i
   shift
   # 8>&-: the server must not inherit (and so hold) our lock on $DIR/.lock.
   setsid "$BIN/$name" "$@" >"$RUN/$name.log" 2>&1 </dev/null 8>&- &
-  echo $! >"$RUN/$name.pid"
+  pid=$!
+  echo "$pid" >"$RUN/$name.pid"
+  # Until the exec has happened, /proc/$pid/exe still names bash or setsid and
+  # `alive` would take the starting process for a dead one (seen as "exited
+  # while waiting" with an empty log, and the server left running). Wait for
+  # the exec, or for its death.
+  for i in $(seq 1 250); do
+    [[ "$(readlink "/proc/$pid/exe" 2>/dev/null || true)" == "$BIN/"* ]] && return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.02
+  done
 }
 
 write_kubeconfig() { # write_kubeconfig <file> <user> <token>
