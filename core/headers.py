@@ -101,27 +101,24 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> HeaderList:
     return [(n, v) for n, v in headers if n not in drop]
 
 
-# New request ids: a random per-process prefix and a counter, 32 hex digits.
-# Unique like uuid4 (64 random bits per process, never repeating within one),
-# at a fraction of its cost; a forked child draws its own prefix.
-_id_prefix = b""
-_id_counter = itertools.count(1)
+class RequestIds:
+    """New request ids: a random prefix and a counter, 32 hex digits. Unique like
+    uuid4 (64 random bits per instance, never repeating within one) at a
+    fraction of its cost. The proxy's forwarder owns one."""
+
+    __slots__ = ("_prefix", "_counter")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex().encode()
+        self._counter = itertools.count(1)
+
+    def new(self) -> bytes:
+        return b"%s%016x" % (self._prefix, next(self._counter))
 
 
-def _new_id_prefix() -> None:
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(8).hex().encode()
-    _id_counter = itertools.count(1)
-
-
-_new_id_prefix()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def request_id_of(headers: HeaderList) -> bytes:
+def request_id_of(headers: HeaderList, ids: RequestIds) -> bytes:
     """The caller's X-Request-ID if it is sane, otherwise a new one."""
     for name, value in headers:
         if name == b"x-request-id" and 0 < len(value) <= 200 and value.isascii():
             return value
-    return b"%s%016x" % (_id_prefix, next(_id_counter))
+    return ids.new()

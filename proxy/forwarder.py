@@ -85,6 +85,7 @@ class Forwarder:
     def __init__(self, state: Any) -> None:
         # `state` is the proxy's AppState (imported lazily there to avoid a cycle).
         self.state = state
+        self.request_ids = hdrs.RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -93,7 +94,7 @@ class Forwarder:
         rest = raw_path[_PREFIX_LEN:].decode("latin-1")
         name, _, sub_path = rest.partition("/")
         request_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        request_id = hdrs.request_id_of(request_headers)
+        request_id = hdrs.request_id_of(request_headers, self.request_ids)
         rt: Optional[RouteRuntime] = state.table.routes.get(name)
         if rt is None:
             state.metrics.route(UNKNOWN_ROUTE).observe(404, time.perf_counter() - started)
@@ -236,7 +237,7 @@ class Forwarder:
     async def reject(self, send: Send, failure: Failure, request_headers: list[tuple[bytes, bytes]],
                      detail: Optional[str] = None) -> None:
         """Answer a request refused before routing (by the dispatcher) in the same JSON shape."""
-        await self._fail(send, failure, "", hdrs.request_id_of(request_headers), detail=detail)
+        await self._fail(send, failure, "", hdrs.request_id_of(request_headers, self.request_ids), detail=detail)
 
     async def _fail(self, send: Send, failure: Failure, route: str, request_id: bytes,
                     extra: Optional[list[tuple[bytes, bytes]]] = None, detail: Optional[str] = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.core.headers import HOP_BY_HOP, request_headers, request_id_of, response_headers
+from orchestrator.core.headers import HOP_BY_HOP, RequestIds, request_headers, request_id_of, response_headers
 
 
 def names(headers):
@@ -68,11 +68,13 @@ def test_forwarded_for_is_appended_to_an_existing_chain():
 
 
 def test_request_id_kept_or_created():
-    assert request_id_of([(b"x-request-id", b"abc-1")]) == b"abc-1"
-    created = request_id_of([])
-    assert len(created) == 32 and created != request_id_of([])
-    assert request_id_of([(b"x-request-id", b"")]) != b""
-    assert request_id_of([(b"x-request-id", b"x" * 500)]) != b"x" * 500
+    ids = RequestIds()
+    assert request_id_of([(b"x-request-id", b"abc-1")], ids) == b"abc-1"
+    created = request_id_of([], ids)
+    assert len(created) == 32 and created != request_id_of([], ids)
+    assert created[:16] != request_id_of([], RequestIds())[:16]  # each owner draws its own prefix
+    assert request_id_of([(b"x-request-id", b"")], ids) != b""
+    assert request_id_of([(b"x-request-id", b"x" * 500)], ids) != b"x" * 500
     out = request_headers([(b"x-request-id", b"old"), (b"x-request-id", b"old2")], "1.2.3.4", "http", b"new")
     assert get(out, b"x-request-id") == [b"new"]  # exactly one, the one we chose
 
