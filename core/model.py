@@ -8,12 +8,8 @@ Its dict form (camelCase, like the CRD) is the compiled-registry contract.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
-
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-AUTH_TYPES = ("none", "bearer", "api_key", "basic")
-FALLBACKS = ("error_response",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +73,6 @@ class Route:
     circuit_breaker: BreakerSettings = field(default_factory=BreakerSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
     source: Source = field(default_factory=lambda: Source(kind="File"))
-
-    def with_changes(self, **changes: Any) -> "Route":
-        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The registry wire form: camelCase keys, like the CRD's spec."""

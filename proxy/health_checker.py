@@ -81,8 +81,7 @@ class HealthMonitor:
     def health_of(self, rt: RouteRuntime) -> Health:
         if not rt.serving:
             return Health.DISABLED
-        target = rt.health_target()
-        tracker = self.trackers.get(target) if target else None
+        tracker = self.tracker_of(rt)
         return tracker.state if tracker else Health.UNKNOWN
 
     def tracker_of(self, rt: RouteRuntime) -> Optional[HealthTracker]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import HTTPException, Request
 
@@ -90,6 +90,3 @@ def health_view(state: AppState, rt: RouteRuntime) -> dict[str, Any]:
 def paginate(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
     return {"total": len(items), "limit": limit, "offset": offset, "items": items[offset:offset + limit]}
 
-
-def optional_float(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import random
 
@@ -81,6 +83,6 @@ def test_revision_stable_under_reordering_and_sensitive_to_content():
     random.Random(1).shuffle(shuffled)
     assert Registry.build(routes).revision == Registry.build(shuffled).revision == revision_of(shuffled)
     changed = routes[:]
-    changed[10] = changed[10].with_changes(timeout_seconds=6.0)
+    changed[10] = dataclasses.replace(changed[10], timeout_seconds=6.0)
     assert Registry.build(changed).revision != Registry.build(routes).revision
     assert Registry.build(routes[:-1]).revision != Registry.build(routes).revision
