@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.core import model
+from orchestrator.core import model, urls
 
 ROUTE_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$"
 ROUTE_NAME_RE = re.compile(ROUTE_NAME_PATTERN)
@@ -111,7 +111,15 @@ class ConfigFile(_Strict):
         return value.upper() if isinstance(value, str) else value
 
 
+# Printable ASCII without space: what a request line can carry as-is. A URL with
+# anything else would give a malformed request line on every call.
+_URL_CHARS = re.compile(r"[\x21-\x7e]+").fullmatch
+
+
 def validate_backend_url(value: str) -> str:
+    if not _URL_CHARS(value):
+        raise ValueError("must be printable ASCII without spaces (percent-encode other characters, "
+                         "e.g. %20 for a space; use the punycode form of an international host name)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https"):
         raise ValueError("must be an http:// or https:// URL")
@@ -236,7 +244,15 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
-def parse_config(text: str, source: model.Source, defaults: model.Defaults | None = None) -> LoadedConfig:
+def check_link_local(url: str, allowed: bool) -> None:
+    """The SSRF guard at registration time (the upstream client checks the resolved address too)."""
+    host = urlsplit(url).hostname or ""
+    if not allowed and urls.is_link_local(host):
+        raise ValueError(f"url: {host} is link-local: {urls.LINK_LOCAL_HINT}")
+
+
+def parse_config(text: str, source: model.Source, defaults: model.Defaults | None = None,
+                 allow_link_local: bool = False) -> LoadedConfig:
     """Parse a config document. The file's global sections override `defaults`
     (the operator passes the release's defaults; standalone, the built-in ones)."""
     try:
@@ -265,6 +281,11 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
             continue
         if entry.name in seen:
             result.errors.append(f"{label}: name: duplicate of endpoints[{seen[entry.name]}]")
+            continue
+        try:
+            check_link_local(entry.url, allow_link_local)
+        except ValueError as exc:
+            result.errors.append(f"{label}: {exc}")
             continue
         seen[entry.name] = index
         entry_source = model.Source(

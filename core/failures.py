@@ -24,6 +24,15 @@ class Failure(enum.Enum):
     PROTOCOL_ERROR = "upstream_protocol_error"
     BODY_TOO_LARGE = "request_body_error"
     HEADERS_TOO_LARGE = "request_headers_too_large"
+    BAD_REQUEST = "bad_request"
+    UNSUPPORTED_CODING = "unsupported_transfer_coding"
+    URI_TOO_LONG = "request_target_too_long"
+    HEAD_TIMEOUT = "request_head_timeout"
+    OVERLOADED = "too_many_connections"
+    NOT_ON_THIS_PORT = "not_found"
+    BODY_TOO_LARGE_ADMIN = "request_body_too_large"
+    ADMIN_UNAUTHENTICATED = "admin_unauthenticated"
+    ADMIN_FORBIDDEN = "admin_forbidden"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,16 @@ TABLE: dict[Failure, Answer] = {
     Failure.PROTOCOL_ERROR: Answer(502, "the backend sent an invalid response", True),
     Failure.BODY_TOO_LARGE: Answer(400, "the request body could not be read", False),
     Failure.HEADERS_TOO_LARGE: Answer(431, "the request headers are too large", False),
+    # Framing the proxy cannot vouch for (RFC 9112 §6.1, §3.2): refused, never guessed at.
+    Failure.BAD_REQUEST: Answer(400, "the request is malformed", False),
+    Failure.UNSUPPORTED_CODING: Answer(501, "the request's transfer coding is not supported", False),
+    Failure.URI_TOO_LONG: Answer(414, "the request target is too long", False),
+    Failure.HEAD_TIMEOUT: Answer(408, "the request head did not arrive in time", False),
+    Failure.OVERLOADED: Answer(503, "the proxy is at its connection limit; retry shortly", False),
+    Failure.NOT_ON_THIS_PORT: Answer(404, "this port does not serve this path", False),
+    Failure.BODY_TOO_LARGE_ADMIN: Answer(413, "the request body is too large", False),
+    Failure.ADMIN_UNAUTHENTICATED: Answer(401, "the admin API needs a bearer token from this address", False),
+    Failure.ADMIN_FORBIDDEN: Answer(403, "the admin API refused this caller", False),
 }
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from typing import Iterable, Optional
+
+from orchestrator.core.failures import Failure
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -18,10 +21,31 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
 })
-# Set by the proxy itself (Host comes from the backend URL).
-_REWRITTEN = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Set by the proxy itself: Host comes from the backend URL, the message framing
+# (Content-Length or chunked) from what the proxy actually forwards.
+_REWRITTEN = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"content-length"})
 # Every name the single pass below does not copy through as-is.
 _NOT_COPIED = HOP_BY_HOP | _REWRITTEN | {b"x-request-id"}
+# A `Connection` option naming one of these would strip the framing or routing
+# of the message at the next hop: the classic request-smuggling lever. `te` is
+# included because the only legitimate use, `TE: trailers`, asks for trailers,
+# which this proxy does not relay.
+_FORBIDDEN_OPTIONS = frozenset({b"content-length", b"transfer-encoding", b"host", b"te"})
+# RFC 9112 §3.2 / RFC 3986 §3.2.2: reg-name, IPv4 or IP-literal, optional port.
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{0,5})?").fullmatch
+_LENGTH = re.compile(rb"[0-9]{1,18}").fullmatch
+
+CHUNKED = -1
+"""`request_body_length` for a chunked request body."""
+
+
+class Refused(ValueError):
+    """The request cannot be forwarded safely; `failure` says which answer the caller gets."""
+
+    def __init__(self, failure: Failure, detail: str) -> None:
+        super().__init__(detail)
+        self.failure = failure
+        self.detail = detail
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -32,49 +56,84 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(tokens)
 
 
+def check_host(hosts: list[bytes], http_version: str) -> None:
+    """RFC 9112 §3.2: exactly one valid Host in HTTP/1.1 (at most one in 1.0), else 400."""
+    if len(hosts) > 1:
+        raise Refused(Failure.BAD_REQUEST, "the request has more than one Host header")
+    if not hosts:
+        if http_version == "1.0":
+            return
+        raise Refused(Failure.BAD_REQUEST, "an HTTP/1.1 request needs a Host header")
+    if not _VALID_HOST(hosts[0]):
+        raise Refused(Failure.BAD_REQUEST, "the Host header is not a valid host[:port]")
+
+
+def request_body_length(length: Optional[bytes], codings: Optional[bytes], http_version: str) -> int:
+    """The body the request declares: 0 (none), a byte count, or CHUNKED (RFC 9112 §6)."""
+    if codings is not None:
+        if http_version == "1.0":
+            raise Refused(Failure.BAD_REQUEST, "an HTTP/1.0 request cannot use Transfer-Encoding")
+        if length is not None:
+            raise Refused(Failure.BAD_REQUEST, "the request has both Content-Length and Transfer-Encoding")
+        names = [c.strip().lower() for c in codings.split(b",")]
+        if names[-1] != b"chunked":
+            raise Refused(Failure.BAD_REQUEST, "chunked must be the final transfer coding of a request")
+        if len(names) > 1:
+            raise Refused(Failure.UNSUPPORTED_CODING,
+                          f"transfer coding {names[0].decode('latin-1')!r} is not supported; only chunked is")
+        return CHUNKED
+    if length is None:
+        return 0
+    if not _LENGTH(length):
+        raise Refused(Failure.BAD_REQUEST, "the Content-Length header is not a number")
+    return int(length)
+
+
 def request_headers(
     headers: HeaderList,
     client_ip: str,
     scheme: str,
     request_id: bytes,
-) -> HeaderList:
-    """Headers to send upstream for one request."""
+    http_version: str = "1.1",
+) -> tuple[HeaderList, int]:
+    """Headers to send upstream for one request, and the body length it declares.
+
+    Raises `Refused` when the request's framing or Host is in doubt. The
+    returned headers carry no framing of their own: the upstream client adds it.
+    """
     out: HeaderList = []
     forwarded_for: Optional[bytes] = None
-    host = b""
+    hosts: list[bytes] = []
+    length: Optional[bytes] = None
+    codings: Optional[bytes] = None
+    options: Optional[frozenset[bytes]] = None
     for name, value in headers:
         if name in _NOT_COPIED:
-            if name == b"connection":
-                # Rare: it may name more headers to drop, which can affect every
-                # rule below; take the general path.
-                return _request_headers_general(headers, client_ip, scheme, request_id)
-            if name == b"x-forwarded-for":
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"x-forwarded-for":
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-            elif name == b"host":
-                host = value
+            elif name == b"content-length":
+                if length is not None and length != value:
+                    raise Refused(Failure.BAD_REQUEST, "the request has conflicting Content-Length headers")
+                length = value
+            elif name == b"transfer-encoding":
+                codings = value if codings is None else codings + b", " + value
+            elif name == b"connection":
+                options = _connection_tokens(headers)
             continue
         out.append((name, value))
-    return _add_forwarding(out, forwarded_for, host, client_ip, scheme, request_id)
-
-
-def _request_headers_general(headers: HeaderList, client_ip: str, scheme: str, request_id: bytes) -> HeaderList:
-    extra = _connection_tokens(headers)
-    out: HeaderList = []
-    forwarded_for: Optional[bytes] = None
-    host = b""
-    for name, value in headers:
-        if name in HOP_BY_HOP or name in extra:
-            continue
-        if name in _REWRITTEN:
-            if name == b"x-forwarded-for":
-                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-            elif name == b"host":
-                host = value
-            continue
-        if name == b"x-request-id":
-            continue
-        out.append((name, value))
-    return _add_forwarding(out, forwarded_for, host, client_ip, scheme, request_id)
+    check_host(hosts, http_version)
+    body_length = request_body_length(length, codings, http_version)
+    if options:
+        named = options & _FORBIDDEN_OPTIONS
+        if named:
+            raise Refused(Failure.BAD_REQUEST,
+                          f"the Connection header may not name {b', '.join(sorted(named)).decode('latin-1')}")
+        out = [(n, v) for n, v in out if n not in options]
+        if b"x-forwarded-for" in options:
+            forwarded_for = None  # the caller asked for its chain to stop here
+    return _add_forwarding(out, forwarded_for, hosts[0] if hosts else b"", client_ip, scheme, request_id), body_length
 
 
 def _add_forwarding(out: HeaderList, forwarded_for: Optional[bytes], host: bytes, client_ip: str, scheme: str,
@@ -88,17 +147,26 @@ def _add_forwarding(out: HeaderList, forwarded_for: Optional[bytes], host: bytes
     return out
 
 
-def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> HeaderList:
-    """Headers to send back to the caller from the backend's response."""
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def response_headers(headers: Iterable[tuple[bytes, bytes]], status: int, length: Optional[int]) -> HeaderList:
+    """Headers to send back to the caller from the backend's response.
+
+    Framing is the proxy's own here too: the backend's Content-Length headers
+    are replaced by the one length the upstream parser read (none for 204 and
+    304, whose bodies are empty by definition, RFC 9110 §8.6).
+    """
     headers = list(headers)
-    drop = HOP_BY_HOP
+    drop = HOP_BY_HOP | {b"content-length"}
     for name, _ in headers:
         if name == b"connection":
-            extra = _connection_tokens(headers)
-            if not extra <= HOP_BY_HOP:  # usually just "keep-alive" or "close"
-                drop = HOP_BY_HOP | extra
+            drop = drop | _connection_tokens(headers)
             break
-    return [(n, v) for n, v in headers if n not in drop]
+    out = [(n, v) for n, v in headers if n not in drop]
+    if length is not None and status not in _NO_BODY_STATUS:
+        out.append((b"content-length", b"%d" % length))
+    return out
 
 
 class RequestIds:

@@ -13,7 +13,6 @@ import socket
 from typing import Any
 
 from orchestrator import kube
-from orchestrator.proxy.app import Gateway
 from orchestrator.proxy.registry_watch import RegistryWatcher
 from orchestrator.proxy.reporter import Reporter
 from orchestrator.proxy.state import AppState
@@ -50,7 +49,7 @@ class ClusterSource:
         }
 
 
-def build(args: argparse.Namespace) -> Gateway:
+def build(args: argparse.Namespace) -> AppState:
     state = AppState(mode="cluster")
     api = kube.api_client(args.kubeconfig)
     replica = args.pod_name or args.replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -60,4 +59,4 @@ def build(args: argparse.Namespace) -> Gateway:
         heartbeat=float(os.environ.get("ORCHESTRATOR_REPORT_INTERVAL", "10")),
     )
     state.source = ClusterSource(RegistryWatcher(state, api, args.namespace, args.registry), reporter)
-    return Gateway(state)
+    return state

@@ -73,7 +73,8 @@ class FileSource:
             text = await asyncio.to_thread(read_text, target)
         except OSError as exc:
             return config_file.LoadedConfig(errors=[f"cannot read {target}: {exc.strerror or exc}"], parsed=False)
-        return config_file.parse_config(text, Source(kind="File", name=str(target)))
+        return config_file.parse_config(text, Source(kind="File", name=str(target)),
+                                        allow_link_local=self.state.allow_link_local)
 
     async def reload(self, drop_api_routes: bool = False) -> ApplyResult:
         loaded = await self.load_file()
@@ -101,6 +102,8 @@ class FileSource:
         return self.last.defaults if self.last else config_file.model.Defaults()
 
     def register(self, entry: config_file.EndpointConfig) -> Route:
+        """Add a route from the admin API (raises ValueError for a link-local backend)."""
+        config_file.check_link_local(entry.url, self.state.allow_link_local)
         route = config_file.route_from_entry(entry, self.defaults, Source(kind="API", entry=entry.name))
         self.api_routes[route.name] = route
         self._apply(dict(self.state.registry.routes))

@@ -18,9 +18,10 @@ from orchestrator.core import headers as hdrs
 from orchestrator.core import urls
 from orchestrator.core.breaker import Admission
 from orchestrator.core.failures import TABLE, Failure, error_body
+from orchestrator.proxy.http_server import SCOPE_LINK, CallerLink
 from orchestrator.proxy.metrics import UNKNOWN_ROUTE
 from orchestrator.proxy.route_table import RouteRuntime
-from orchestrator.proxy.upstream import Pool, Response, UpstreamError
+from orchestrator.proxy.upstream import IDEMPOTENT, BodyMismatch, Pool, Response, UpstreamError
 
 log = logging.getLogger("orchestrator.proxy")
 
@@ -32,7 +33,9 @@ PREFIX = "/orchestrator/"
 _PREFIX_LEN = len(PREFIX)
 # Bodies up to this size are read whole and sent in one message; larger ones stream.
 _SMALL_BODY = 256 * 1024
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Sent with every refusal of a request whose framing is in doubt: whatever
+# follows it on the connection is never read as another request.
+_CLOSE = [(b"connection", b"close")]
 
 
 class ClientGone(Exception):
@@ -42,41 +45,19 @@ class ClientGone(Exception):
 class _Body:
     """The caller's request body, read piece by piece by the upstream client."""
 
-    __slots__ = ("receive", "started", "done", "gone")
+    __slots__ = ("receive", "started")
 
-    def __init__(self, receive: Receive, has_body: bool) -> None:
+    def __init__(self, receive: Receive) -> None:
         self.receive = receive
         self.started = False  # a part of it was consumed: a retry could not resend it
-        self.done = not has_body  # fully read: `receive` is free for disconnect watching
-        self.gone = False  # the caller disconnected mid-body
 
     async def read(self) -> tuple[bytes, bool]:
         """The next piece and whether more follows (the upstream client's BodySource)."""
         self.started = True
         message = await self.receive()
         if message["type"] == "http.disconnect":
-            self.gone = True
             raise ClientGone()
-        more = message.get("more_body", False)
-        if not more:
-            self.done = True
-        return message.get("body", b""), more
-
-
-def _body_framing(raw_headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
-    """(the request has a body, forward it chunked): chunked unless the caller gave only a Content-Length."""
-    length: Optional[bytes] = None
-    te = False
-    for name, value in raw_headers:
-        if name == b"content-length":
-            length = value
-        elif name == b"transfer-encoding":
-            te = True
-    if te:
-        return True, True
-    if length is not None:
-        return length.strip() != b"0", False
-    return False, False
+        return message.get("body", b""), message.get("more_body", False)
 
 
 class Forwarder:
@@ -95,6 +76,15 @@ class Forwarder:
         name, _, sub_path = rest.partition("/")
         request_headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id = hdrs.request_id_of(request_headers, self.request_ids)
+        client = scope.get("client")
+        try:
+            upstream_headers, body_length = hdrs.request_headers(
+                request_headers, client[0] if client else "", scope.get("scheme", "http"), request_id,
+                scope.get("http_version", "1.1"))
+        except hdrs.Refused as exc:
+            state.metrics.route(UNKNOWN_ROUTE).observe(TABLE[exc.failure].status, time.perf_counter() - started)
+            await self._fail(send, exc.failure, name, request_id, extra=_CLOSE, detail=exc.detail)
+            return
         rt: Optional[RouteRuntime] = state.table.routes.get(name)
         if rt is None:
             state.metrics.route(UNKNOWN_ROUTE).observe(404, time.perf_counter() - started)
@@ -132,12 +122,14 @@ class Forwarder:
                              extra=[(b"retry-after", str(retry_after).encode())])
             return
 
-        client = scope.get("client")
-        upstream_headers = hdrs.request_headers(
-            request_headers, client[0] if client else "", scope.get("scheme", "http"), request_id)
+        # The connection tells this task when the caller hangs up (by cancelling
+        # it): the upstream exchange stops at once and the breaker hears nothing.
+        link: Optional[CallerLink] = scope.get(SCOPE_LINK)
+        if link is not None:
+            link.watch(asyncio.current_task())
         verdict: Optional[bool] = None
         try:
-            status = await self._forward(rt, method, target, upstream_headers, request_headers, receive, send,
+            status = await self._forward(rt, method, target, upstream_headers, body_length, receive, send,
                                          request_id, started, metrics)
             verdict = status < 500
         except _UpstreamFailure as failure:
@@ -146,29 +138,36 @@ class Forwarder:
             metrics.observe(TABLE[failure.kind].status, time.perf_counter() - started)
             if not failure.response_started:
                 await self._fail(send, failure.kind, name, request_id, detail=failure.detail)
-        except ClientGone:
+        except (ClientGone, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                if link is None or not link.gone:
+                    raise  # the server is stopping, not the caller
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
             # The caller went away: not the backend's fault, so no breaker verdict.
             verdict = None
             metrics.observe(499, time.perf_counter() - started)
         finally:
+            if link is not None:
+                link.watch(None)
             breaker.release(admission, verdict)
 
     async def _forward(
         self, rt: RouteRuntime, method: str, target: str, upstream_headers: list[tuple[bytes, bytes]],
-        request_headers: list[tuple[bytes, bytes]], receive: Receive, send: Send,
-        request_id: bytes, started: float, metrics: Any,
+        body_length: int, receive: Receive, send: Send, request_id: bytes, started: float, metrics: Any,
     ) -> int:
         pool: Pool = self.state.upstream
-        has_body, chunked = _body_framing(request_headers)
+        has_body = body_length != 0
         retry = rt.route.retries
         timeout = rt.route.timeout_seconds
         deadline = pool.time() + timeout  # bounds the whole call, retries included
         attempts = 1 + retry.attempts
-        body = _Body(receive, has_body)
+        body = _Body(receive)
         source = body.read if has_body else None
         for attempt in range(attempts):
             try:
-                resp = await pool.request(rt.origin, method, target, upstream_headers, source, chunked, deadline)
+                resp = await pool.request(rt.origin, method, target, upstream_headers, source, body_length, deadline)
+            except BodyMismatch as exc:
+                raise _UpstreamFailure(Failure.BODY_TOO_LARGE, str(exc))
             except UpstreamError as exc:
                 kind = exc.kind
                 if kind is Failure.CONNECT_ERROR:
@@ -185,14 +184,14 @@ class Forwarder:
                 resp.release()
                 continue
             try:
-                return await self._relay(resp, method, send, receive, body, request_id, started, metrics)
+                return await self._relay(resp, method, send, request_id, started, metrics)
             finally:
                 resp.release()
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _relay(self, resp: Response, method: str, send: Send, receive: Receive,
-                     body: _Body, request_id: bytes, started: float, metrics: Any) -> int:
-        out_headers = hdrs.response_headers(resp.headers)
+    async def _relay(self, resp: Response, method: str, send: Send, request_id: bytes, started: float,
+                     metrics: Any) -> int:
+        out_headers = hdrs.response_headers(resp.headers, resp.status, resp.length)
         if not any(n == b"x-request-id" for n, _ in out_headers):
             out_headers.append((b"x-request-id", request_id))
         status = resp.status
@@ -206,26 +205,19 @@ class Forwarder:
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 await send({"type": "http.response.body", "body": data})
             else:
+                # uvicorn's send() silently drops data once the caller is gone; the
+                # CallerLink cancels this task then, so a closed download stops
+                # pulling the body from the backend.
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
-                # uvicorn's send() silently drops data once the caller is gone, so
-                # without a watcher a closed download would still pull the whole body
-                # from the backend. Watch only once the request body is fully read:
-                # until then `receive` belongs to the body reader.
-                watcher = asyncio.ensure_future(_disconnected(receive)) if body.done else None
                 try:
                     while True:
                         chunk = await resp.next_chunk()
                         if not chunk:
                             break
-                        if watcher is not None and watcher.done():
-                            raise ClientGone()
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except UpstreamError as exc:
                     # Headers are gone already: all we can do is cut the response short.
                     raise _UpstreamFailure(exc.kind, exc.detail, response_started=True)
-                finally:
-                    if watcher is not None:
-                        watcher.cancel()
                 await send({"type": "http.response.body", "body": b""})
         except UpstreamError as exc:
             if exc.kind is Failure.TIMEOUT:
@@ -235,9 +227,13 @@ class Forwarder:
         return status
 
     async def reject(self, send: Send, failure: Failure, request_headers: list[tuple[bytes, bytes]],
-                     detail: Optional[str] = None) -> None:
+                     detail: Optional[str] = None, extra: Optional[list[tuple[bytes, bytes]]] = None,
+                     close: bool = False) -> None:
         """Answer a request refused before routing (by the dispatcher) in the same JSON shape."""
-        await self._fail(send, failure, "", hdrs.request_id_of(request_headers, self.request_ids), detail=detail)
+        if close:
+            extra = (extra or []) + _CLOSE
+        await self._fail(send, failure, "", hdrs.request_id_of(request_headers, self.request_ids),
+                         extra=extra, detail=detail)
 
     async def _fail(self, send: Send, failure: Failure, route: str, request_id: bytes,
                     extra: Optional[list[tuple[bytes, bytes]]] = None, detail: Optional[str] = None) -> None:
@@ -256,9 +252,3 @@ class _UpstreamFailure(Exception):
         self.kind = kind
         self.detail = detail
         self.response_started = response_started
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return once the caller has disconnected (after its request body was read)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass

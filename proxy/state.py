@@ -35,6 +35,8 @@ class AppState:
         self.registry = Registry.build([])
         self.registry_loaded_at: Optional[float] = None
         self.ready = False  # True once a registry has been loaded
+        self.allow_link_local = False  # the SSRF guard's opt-out (--allow-link-local)
+        self.draining = False  # SIGTERM arrived: /readyz says 503 so traffic moves elsewhere
         self.statuses: dict[str, str] = {}  # admin status overrides (standalone)
         self.health = HealthMonitor(self.metrics, clock=clock, on_change=lambda target, h: self.notify())
         self.session: Optional[aiohttp.ClientSession] = None  # health checks, /router/test

@@ -9,22 +9,26 @@ same job for a fraction of that, because it does only what a proxy needs:
   `idle_timeout` seconds; https through `loop.create_connection(ssl=...)`
   with a verifying default context (server_hostname = the origin's host);
 - the request head (request line, `Host` from the origin, the caller's headers
-  exactly as given) in one `transport.write`; a body with Content-Length when
-  the caller sent one, chunked otherwise, written with flow control
-  (`pause_writing`/`resume_writing`);
+  exactly as given, then the framing this client computes itself: the body's
+  Content-Length, or chunked) in one `transport.write`; the body written with
+  flow control (`pause_writing`/`resume_writing`), never more bytes than
+  declared;
 - the response parsed by `httptools.HttpResponseParser`, its body handed to
   the consumer piece by piece with backpressure (`pause_reading` once more than
   `READ_HIGH_WATER` bytes wait for the consumer); Content-Length, chunked and
   read-until-close bodies; none for HEAD, 1xx, 204, 304; interim 1xx
-  responses are skipped;
+  responses are skipped; a head larger than `MAX_RESPONSE_HEAD`, a status
+  outside 100-599, a 101, or a transfer coding other than plain `chunked`
+  fails the exchange (PROTOCOL_ERROR) and closes the connection;
 - bytes pass through untouched: no decompression, no redirects, no cookies;
 - one deadline per exchange (a single `loop.call_at`): when it passes the
   connection is aborted and whatever waits on it raises TIMEOUT;
 - a connection goes back to the pool only if the request was fully sent, the
   response fully read, nothing failed, and neither side asked to close;
 - a pooled connection the server closed while idle is retried once on a fresh
-  connection, but only if nothing of the response arrived and the request
-  body is empty or was held whole in memory (never after streaming).
+  connection, but only for an idempotent method (RFC 9110 §9.2.2: a POST is
+  never replayed), only if nothing of the response arrived, and only if the
+  request body is empty or was held whole in memory (never after streaming).
 
 Errors are `UpstreamError(kind)` with `kind` a `core.failures.Failure`:
 CONNECT_ERROR (refused, DNS, unreachable, TLS handshake), TIMEOUT,
@@ -45,12 +49,19 @@ from urllib.parse import urlsplit
 import httptools
 
 from orchestrator.core.failures import Failure
+from orchestrator.core.headers import CHUNKED
+from orchestrator.core.urls import LINK_LOCAL_HINT, is_link_local
 
 HeaderList = list[tuple[bytes, bytes]]
 # The request body: each call returns (piece, more_body), like ASGI's receive.
 BodySource = Callable[[], Awaitable[tuple[bytes, bool]]]
 
 READ_HIGH_WATER = 512 * 1024  # response bytes buffered before reading pauses
+# Status line plus headers of a response (interim 1xx heads included): what a
+# backend may make the proxy hold before the body starts.
+MAX_RESPONSE_HEAD = 64 * 1024
+# RFC 9110 §9.2.2: the only methods a client may send again on its own.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 DEFAULT_MAX_IDLE = 64
 DEFAULT_IDLE_TIMEOUT = 30.0
 # Methods for which a request without a body still says "Content-Length: 0"
@@ -66,6 +77,10 @@ class UpstreamError(Exception):
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+
+
+class BodyMismatch(ValueError):
+    """The caller's body did not match the length it declared (never sent on)."""
 
 
 # -- pure parts ------------------------------------------------------------------------
@@ -98,28 +113,33 @@ def parse_origin(origin: str) -> Origin:
     return Origin(f"{scheme}://{host}:{port}", scheme, host, port, header.encode("idna" if not header.isascii() else "ascii"))
 
 
-def request_head(method: str, target: str, host_header: bytes, headers: HeaderList,
-                 has_body: bool, chunked: bool) -> bytes:
+def request_head(method: str, target: str, host_header: bytes, headers: HeaderList, body_length: int) -> bytes:
     """Serialise the request line and headers (ending with the blank line).
 
-    `headers` are sent as given, after `host`. With a body, `chunked` selects
-    chunked framing (any Content-Length is then dropped); without one, methods
-    that usually carry a body get "Content-Length: 0" unless it is there.
+    `headers` are sent as given, after `host`, and must carry no framing
+    (`core.headers.request_headers` strips it): the framing written here is
+    computed from `body_length` alone (0: none, n bytes, or CHUNKED), so no
+    header filtering upstream of this can leave a body without its length.
+    Methods that usually carry a body get "Content-Length: 0" when they have none.
     """
-    parts = [method.encode("ascii"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\nhost: ", host_header]
-    if has_body and chunked:
-        for name, value in headers:
-            if name != b"content-length":
-                parts += (b"\r\n", name, b": ", value)
+    parts = [method.encode("ascii"), b" ", target.encode("ascii"), b" HTTP/1.1\r\nhost: ", host_header]
+    for name, value in headers:
+        parts += (b"\r\n", name, b": ", value)
+    if body_length == CHUNKED:
         parts.append(b"\r\ntransfer-encoding: chunked")
-    else:
-        for name, value in headers:
-            parts += (b"\r\n", name, b": ", value)
-        if not has_body and method not in _NO_LENGTH_METHODS and not any(
-                n == b"content-length" for n, _ in headers):
-            parts.append(b"\r\ncontent-length: 0")
+    elif body_length or method not in _NO_LENGTH_METHODS:
+        parts.append(b"\r\ncontent-length: %d" % body_length)
     parts.append(b"\r\n\r\n")
     return b"".join(parts)
+
+
+def _codings(headers: HeaderList) -> Optional[list[bytes]]:
+    """The transfer codings of a message, lower-case, in order; None without any."""
+    codings: Optional[list[bytes]] = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            codings = (codings or []) + [c.strip().lower() for c in value.split(b",")]
+    return codings
 
 
 def chunk_frame(data: bytes) -> list[bytes]:
@@ -143,7 +163,7 @@ class _Conn(asyncio.Protocol):
         "method", "status", "headers", "length", "head_done", "complete", "interim", "keep_alive",
         "until_close", "got_bytes", "broken", "chunks", "buffered", "reading_paused", "waiter",
         "exc", "body_exc", "request_sent", "write_paused", "drain_waiter", "timer", "timed_out",
-        "writer", "body_task",
+        "writer", "body_task", "head_bytes", "unsent",
     )
 
     def __init__(self, pool: "Pool", key: str) -> None:
@@ -183,6 +203,8 @@ class _Conn(asyncio.Protocol):
         self.body_exc: Optional[BaseException] = None
         self.request_sent = False
         self.timed_out = False
+        self.head_bytes = 0
+        self.unsent = 0  # body bytes still owed under a Content-Length (0 when chunked)
 
     # -- exchange lifecycle (called by Pool / Response) ---------------------------------
     def begin(self, method: str, deadline: float) -> None:
@@ -268,8 +290,16 @@ class _Conn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail("the backend switched protocols, which the proxy does not support")
+            return
         except httptools.HttpParserError as exc:
             self._fail(f"malformed response: {exc}")
+            return
+        if not self.head_done and self.exc is None:
+            # Counted after feeding: the bytes of this read that belong to the
+            # head are all there is while the head is incomplete.
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_RESPONSE_HEAD:
+                self._fail(f"the response head exceeds {MAX_RESPONSE_HEAD // 1024} KiB")
 
     def eof_received(self) -> bool:
         if self.head_done and self.until_close and not self.complete:
@@ -315,7 +345,7 @@ class _Conn(asyncio.Protocol):
         if self.exc is None:
             self.exc = UpstreamError(Failure.PROTOCOL_ERROR, detail)
         self.broken = True
-        self.transport.close()
+        self.transport.abort()
         self._wake()
 
     # -- httptools callbacks -----------------------------------------------------------------
@@ -333,10 +363,20 @@ class _Conn(asyncio.Protocol):
             self.broken = True
             return
         status = self.parser.get_status_code()
-        if 100 <= status < 200:
+        if not 100 <= status <= 599 or status == 101:
+            self._fail(f"the backend answered with status {status}")
+            return
+        if status < 200:
             self.interim = True  # 100 Continue & co.: the real answer follows
             self.headers = []
             self.length = None
+            return
+        codings = _codings(self.headers)
+        if codings is not None and codings != [b"chunked"]:
+            # RFC 9112 §6.1: anything but plain chunked would reach the caller
+            # undecoded or mis-framed (`xchunked` is not `chunked`).
+            self._fail(f"the backend used transfer coding {b', '.join(codings).decode('latin-1')!r}; "
+                       "only chunked is supported")
             return
         self.status = status
         self.head_done = True
@@ -347,11 +387,7 @@ class _Conn(asyncio.Protocol):
             self.complete = True
             self.parser_dirty = True
         elif self.length is None and status not in (204, 304):
-            chunked = False
-            for name, value in self.headers:
-                if name == b"transfer-encoding":
-                    chunked = value.lower().rstrip().endswith(b"chunked")
-            self.until_close = not chunked
+            self.until_close = codings is None
             if self.until_close:
                 self.keep_alive = False
         self._wake()
@@ -395,6 +431,10 @@ class _Conn(asyncio.Protocol):
                 piece, more = await body()
                 if self.closed or self.exc is not None:
                     return
+                if not chunked:
+                    self.unsent -= len(piece)
+                    if self.unsent < 0 or (not more and self.unsent):
+                        raise BodyMismatch("the request body does not match its Content-Length")
                 if piece:
                     if chunked:
                         transport.writelines(chunk_frame(piece))
@@ -474,8 +514,11 @@ class Pool:
 
     def __init__(self, max_idle_per_origin: int = DEFAULT_MAX_IDLE, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  ssl_context: Optional[ssl.SSLContext] = None,
-                 loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+                 loop: Optional[asyncio.AbstractEventLoop] = None, allow_link_local: bool = False) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        # The SSRF guard, checked on the address actually connected to: a host
+        # name that resolves to a metadata service is refused like its literal.
+        self.allow_link_local = allow_link_local
         self.max_idle = max_idle_per_origin
         self.idle_timeout = idle_timeout
         self._ssl_context = ssl_context
@@ -501,18 +544,24 @@ class Pool:
         return o
 
     async def request(self, origin: str, method: str, target: str, headers: HeaderList,
-                      body: Optional[BodySource], chunked: bool, deadline: float) -> Response:
+                      body: Optional[BodySource], body_length: int, deadline: float) -> Response:
         """Send one request and return once the response head has arrived.
 
         `deadline` is in loop time and bounds the whole exchange, body included,
-        until `Response.release()`. `body` is None for a request without a body.
+        until `Response.release()`. `body` is None for a request without a body;
+        `body_length` is its length in bytes or `core.headers.CHUNKED`.
         """
         o = self._origins.get(origin) or self.origin(origin)
-        head = request_head(method, target, o.host_header, headers, body is not None, chunked)
+        if body is None:
+            body_length = 0
+        chunked = body_length == CHUNKED
+        head = request_head(method, target, o.host_header, headers, body_length)
+        replayable = method in IDEMPOTENT
         first: Optional[bytes] = None  # the body's first piece, once read from the caller
         more = False  # ... and whether more follows
         streamed = False  # the rest is being streamed: the request can no longer be replayed
         for attempt in (0, 1):
+            written = False  # a byte of this request went out on this connection
             conn = self._take(o.key)
             reused = conn is not None
             if conn is None:
@@ -520,6 +569,7 @@ class Pool:
             conn.begin(method, deadline)
             try:
                 if body is None:
+                    written = True
                     conn.transport.write(head)
                     conn.request_sent = True
                 else:
@@ -534,6 +584,11 @@ class Pool:
                             raise
                         conn.body_task = None
                         conn.check()  # died while we waited (nothing sent yet: a retry may replay `first`)
+                    if not chunked:
+                        conn.unsent = body_length - len(first)
+                        if conn.unsent < 0 or (not more and conn.unsent):
+                            raise BodyMismatch("the request body does not match its Content-Length")
+                    written = True
                     if chunked:
                         pieces = [head, *chunk_frame(first)] if first else [head]
                         if not more:
@@ -553,8 +608,11 @@ class Pool:
             except UpstreamError as exc:
                 conn.end()
                 if (reused and attempt == 0 and not conn.got_bytes and not streamed and not conn.timed_out
-                        and exc.kind is Failure.PROTOCOL_ERROR):
-                    continue  # a stale pooled connection: the request never got an answer
+                        and exc.kind is Failure.PROTOCOL_ERROR and (replayable or not written)):
+                    # A stale pooled connection: the request never got an answer. Sent
+                    # again only if the backend cannot have acted on it: nothing was
+                    # written yet, or the method is idempotent.
+                    continue
                 raise
             except BaseException:
                 conn.end()
@@ -578,6 +636,12 @@ class Pool:
             raise UpstreamError(Failure.CONNECT_ERROR, str(exc) or "connect timed out") from None
         except OSError as exc:  # refused, DNS, unreachable, TLS handshake (ssl.SSLError)
             raise UpstreamError(Failure.CONNECT_ERROR, str(exc) or exc.__class__.__name__) from None
+        if not self.allow_link_local:
+            peer = conn.transport.get_extra_info("peername")  # type: ignore[attr-defined]
+            if peer and is_link_local(peer[0]):
+                conn.transport.abort()  # type: ignore[attr-defined]
+                raise UpstreamError(Failure.CONNECT_ERROR, f"{o.host} is at link-local address {peer[0]}: "
+                                                           f"{LINK_LOCAL_HINT}")
         self.connections_opened += 1
         return conn  # type: ignore[return-value]
 

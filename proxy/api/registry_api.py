@@ -47,7 +47,10 @@ async def register(body: RegisterRequest, state: AppState = Depends(require_stan
     if state.route(body.config.name) is not None:
         raise ApiError(409, "endpoint_exists",
                        f"an endpoint named {body.config.name!r} is already registered; delete it first")
-    state.source.register(body.config)
+    try:
+        state.source.register(body.config)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"the request is invalid: config.{exc}") from None
     return {"status": "registered", "endpoint": endpoint_view(state, route_or_404(state, body.config.name))}
 
 

@@ -51,8 +51,9 @@ async def livez() -> dict[str, str]:
 
 @router.get("/readyz", summary="Ready once a registry has been loaded")
 async def readyz(state: AppState = Depends(get_state)) -> JSONResponse:
-    body = {"ready": state.ready, "registry_revision": state.registry.revision, "endpoints": len(state.table.routes)}
-    return JSONResponse(body, status_code=200 if state.ready else 503)
+    body = {"ready": state.ready and not state.draining, "draining": state.draining,
+            "registry_revision": state.registry.revision, "endpoints": len(state.table.routes)}
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
