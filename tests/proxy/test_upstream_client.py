@@ -276,11 +276,20 @@ def test_a_stale_connection_that_races_the_request_is_retried(c, servers):
     bodies = [c.get("/orchestrator/race/x").text for _ in range(5)]
     assert all(b.startswith("conn ") for b in bodies)
     assert len(set(bodies)) == 5  # every request got its own fresh connection, after the stale one failed
-    # a small body (held whole) is replayed on the fresh connection too
-    r = c.post("/orchestrator/race/x", content=b"payload")
+    # an idempotent request with a small body (held whole) is replayed on the fresh connection too
+    r = c.put("/orchestrator/race/x", content=b"payload")
     assert r.status_code == 200, r.text
     assert upstream_errors(c, "race") == 0
     assert servers["race"].connections - before >= 6
+
+
+def test_a_post_on_a_stale_connection_is_never_replayed(c, servers):
+    """RFC 9110 §9.2.2: the backend may have acted on it; the caller decides."""
+    c.get("/orchestrator/race/warm")  # leaves one pooled connection that the backend drops on next use
+    opened = servers["race"].connections
+    r = c.post("/orchestrator/race/x", content=b"payload")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_protocol_error"
+    assert servers["race"].connections == opened  # no second connection carried it again
 
 
 # -- response framing --------------------------------------------------------------------------
