@@ -39,6 +39,8 @@ class Policy:
     # cluster-mode admin port, protected by not being in the Service).
     loopback_or_token: bool = True
     token: Optional[str] = None
+    # False: loopback callers need the token too (a host shared with other users).
+    trust_loopback: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def decide(policy: Policy, path: str, client_host: Optional[str], authorization:
                       "this port serves /orchestrator/{name}/... and the probes; the admin API is on the admin port")
     if policy.role is Role.ALL and path in PUBLIC:
         return None
-    if not policy.loopback_or_token or is_loopback(client_host):
+    if not policy.loopback_or_token or (policy.trust_loopback and is_loopback(client_host)):
         return None
     if policy.token is None:
         return Denied(Failure.ADMIN_FORBIDDEN, HINT)

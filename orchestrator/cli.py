@@ -71,6 +71,9 @@ def _server_flags(parser: argparse.ArgumentParser, default_port: int, admin_port
     admin.add_argument("--admin-token", default=env("ORCHESTRATOR_ADMIN_TOKEN"),
                        help="bearer token that opens the admin API to non-loopback callers "
                             "(env ORCHESTRATOR_ADMIN_TOKEN; default none: loopback only)")
+    admin.add_argument("--admin-require-token", action="store_true", default=_env_bool("ORCHESTRATOR_ADMIN_REQUIRE_TOKEN"),
+                       help="loopback callers need the admin token too, e.g. on a host shared with other users "
+                            "(env ORCHESTRATOR_ADMIN_REQUIRE_TOKEN)")
     admin.add_argument("--admin-max-body", type=_number(int, 1), default=env("ORCHESTRATOR_ADMIN_MAX_BODY", "1048576"),
                        help="largest admin request body in bytes, 413 beyond (default 1 MiB)")
     admin.add_argument("--allow-link-local", action="store_true", default=_env_bool("ORCHESTRATOR_ALLOW_LINK_LOCAL"),
@@ -111,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _standalone_flags(standalone)
 
     proxy = sub.add_parser("proxy", help="run the proxy in cluster mode, serving the operator's compiled registry")
-    _server_flags(proxy, 8000, admin_port=8081)
+    _server_flags(proxy, 8000, admin_port=None)
     proxy.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig file (default: in-cluster config)")
     proxy.add_argument("--namespace", default=os.environ.get("ORCHESTRATOR_NAMESPACE", "orchestrator-system"),
                        help="namespace of the registry ConfigMaps")
@@ -220,11 +223,14 @@ def _serve(state: Any, args: argparse.Namespace, level: str, cluster_mode: bool)
     # loopback-or-token rule on every listener.
     guarded = not cluster_mode
     token = args.admin_token or None
+
+    def policy(role: Role) -> Policy:
+        return Policy(role, guarded, token, trust_loopback=not args.admin_require_token)
     if args.admin_port:
-        listeners = [server.Listener(args.host, int(args.port), Policy(Role.TRAFFIC, guarded, token)),
-                     server.Listener(args.admin_host, int(args.admin_port), Policy(Role.ADMIN, guarded, token))]
+        listeners = [server.Listener(args.host, int(args.port), policy(Role.TRAFFIC)),
+                     server.Listener(args.admin_host, int(args.admin_port), policy(Role.ADMIN))]
     else:
-        listeners = [server.Listener(args.host, int(args.port), Policy(Role.ALL, guarded, token))]
+        listeners = [server.Listener(args.host, int(args.port), policy(Role.ALL))]
     return server.run(state, listeners, _limits(args), _lifecycle(args), level, args.access_log, args.admin_max_body)
 
 

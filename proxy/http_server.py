@@ -115,6 +115,15 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long",
             431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
+# After a refusal the connection is half-closed and what the caller still sends
+# is read and dropped for a moment (nginx's "lingering close"): closing with
+# unread data makes the kernel send a reset, which can destroy the answer
+# before the caller reads it.
+LINGER_SECONDS = 2.0
+LINGER_AT_CAP_SECONDS = 0.25  # short: a connection flood must not pile these up
+LINGER_BYTES = 1024 * 1024
+
+
 class _Refuse(Exception):
     """Raised from a parser callback to stop parsing a request that broke a limit."""
 
@@ -136,6 +145,8 @@ class BoundedProtocol(HttpToolsProtocol):
         self._refusal: Optional[tuple[Failure, str]] = None
         self._link: Optional[CallerLink] = None
         self._requests = 0
+        self._lingering = False
+        self._linger_bytes = 0
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -143,7 +154,7 @@ class BoundedProtocol(HttpToolsProtocol):
         if len(self.connections) > self.max_connections and not self._evict_idle():
             self.connections.discard(self)
             transport.write(canned_response(Failure.OVERLOADED))
-            transport.close()
+            self._linger(LINGER_AT_CAP_SECONDS)
             return
         self._arm_head_timer()
 
@@ -171,6 +182,11 @@ class BoundedProtocol(HttpToolsProtocol):
 
     # -- reading ---------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_bytes += len(data)
+            if self._linger_bytes > LINGER_BYTES:
+                self.transport.close()
+            return
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -196,9 +212,21 @@ class BoundedProtocol(HttpToolsProtocol):
 
     def _refuse(self, failure: Failure, detail: str) -> None:
         self._cancel_head_timer()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._lingering:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # A request already handed to the app (its body was malformed): the
+                # app sees a disconnect and its answer goes nowhere, ours is the one.
+                cycle.disconnected = True
+                cycle.message_event.set()
             self.transport.write(canned_response(failure, detail))
-            self.transport.close()
+            self._linger(LINGER_SECONDS)
+
+    def _linger(self, seconds: float) -> None:
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(seconds, self.transport.close)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -163,7 +163,7 @@ class _Conn(asyncio.Protocol):
         "method", "status", "headers", "length", "head_done", "complete", "interim", "keep_alive",
         "until_close", "got_bytes", "broken", "chunks", "buffered", "reading_paused", "waiter",
         "exc", "body_exc", "request_sent", "write_paused", "drain_waiter", "timer", "timed_out",
-        "writer", "body_task", "head_bytes", "unsent",
+        "writer", "body_task", "head_bytes", "header_bytes", "unsent",
     )
 
     def __init__(self, pool: "Pool", key: str) -> None:
@@ -203,7 +203,8 @@ class _Conn(asyncio.Protocol):
         self.body_exc: Optional[BaseException] = None
         self.request_sent = False
         self.timed_out = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes read while the head was incomplete
+        self.header_bytes = 0  # header lines parsed (a head may arrive in one read)
         self.unsent = 0  # body bytes still owed under a Content-Length (0 when chunked)
 
     # -- exchange lifecycle (called by Pool / Response) ---------------------------------
@@ -353,6 +354,9 @@ class _Conn(asyncio.Protocol):
         if self.complete:
             self.broken = True
             return
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_RESPONSE_HEAD and self.exc is None:
+            self._fail(f"the response head exceeds {MAX_RESPONSE_HEAD // 1024} KiB")
         name = name.lower()
         if name == b"content-length":
             self.length = value
@@ -362,6 +366,8 @@ class _Conn(asyncio.Protocol):
         if self.complete:
             self.broken = True
             return
+        if self.exc is not None:
+            return  # failed while the head arrived: no answer to hand on
         status = self.parser.get_status_code()
         if not 100 <= status <= 599 or status == 101:
             self._fail(f"the backend answered with status {status}")
