@@ -26,6 +26,12 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels /src
 # install step: a virtualenv holding the wheel and its dependencies (binary wheels only)
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/python -m pip install --only-binary=:all: /wheels/*.whl
+# Lean runtime: no packaging tools (pip, setuptools), no tests shipped inside
+# dependencies, and not the official client's asyncio twin `kubernetes.aio`
+# (68 MB, imported by nothing here; the operator's async client is kopf's own).
+RUN /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/kubernetes/aio \
+    && find /opt/venv -depth -type d -name tests -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="orchestrator" \
