@@ -88,7 +88,9 @@ class Container:
         """Changes to the container's own root filesystem, except the mount
         points the runtime itself creates (and their parent directories)."""
         mounts = json.loads(self.podman("inspect", "--format", "{{json .Mounts}}", self.name).stdout or "[]")
-        targets = [m["Destination"] for m in mounts]
+        # /var/run is a symlink to /run in the image: podman diff names the real path.
+        targets = [m["Destination"].replace("/var/run/", "/run/", 1) for m in mounts]
+        targets += ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]  # the runtime's, as a kubelet's are
         changes = []
         for line in self.podman("diff", self.name).stdout.splitlines():
             path = line.split(" ", 1)[-1]
