@@ -43,7 +43,10 @@ command -v mmdebstrap >/dev/null 2>&1 || {
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 echo "tools/image/base.sh: building $ref with mmdebstrap ($suite, $packages)" >&2
+# The merged-usr hook lays out /usr itself: without it apt satisfies that
+# with the usrmerge package, which brings 47 MB of perl into the image.
 mmdebstrap --quiet --variant=minbase --include="$packages" "${dpkg_opts[@]}" \
+  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
   "$suite" "$work/rootfs.tar" "${mirrors[@]}" >&2
 # The same environment python:3.11-slim sets: a PATH (the Dockerfile extends
