@@ -138,9 +138,13 @@ class ServiceAccount:
         server = api_server_url(environ)
         token_path, ca_path = directory / "token", directory / "ca.crt"
         for path in (token_path, ca_path):
-            if not path.is_file():
+            try:
+                path.open("rb").close()
+            except FileNotFoundError:
                 raise IdentityError(f"{path} does not exist: is the service-account token mounted "
-                                    "(automountServiceAccountToken)?")
+                                    "(automountServiceAccountToken)?") from None
+            except OSError as exc:  # unreadable for this user, a directory, ...
+                raise IdentityError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
             namespace: Optional[str] = (directory / "namespace").read_text(encoding="utf-8").strip() or None
         except OSError:

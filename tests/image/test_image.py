@@ -169,3 +169,36 @@ def test_standalone_walkthrough_on_a_read_only_root(containers: Podman, image: s
                         "import os; print([p for p in ('/', '/opt/venv', '/etc', '/var', '/home', '/run', '/tmp') "
                         "if os.access(p, os.W_OK)])").strip()
     assert writable == "['/tmp']"
+
+
+LOGIN = """
+import asyncio, kopf
+from orchestrator.operator.login import login
+try:
+    info = asyncio.run(login(settings=kopf.OperatorSettings(), logger=None))
+    print(type(info).__name__, info.server, info.default_namespace)
+except kopf.PermanentError as exc:
+    print("PermanentError:", exc)
+"""
+
+
+@pytest.mark.parametrize("files, expect", [
+    ({"token": "t", "ca.crt": "bundle", "namespace": "orchestrator-system"},
+     "AiohttpSession https://[fd00::10]:6443 orchestrator-system"),
+    ({"ca.crt": "bundle"},
+     "PermanentError: /var/run/secrets/kubernetes.io/serviceaccount/token does not exist: "
+     "is the service-account token mounted (automountServiceAccountToken)?"),
+], ids=["mounted", "no-token"])
+def test_operator_login_follows_kubernetes_service_host_and_port(
+        podman: Podman, image: str, tmp_path: Path, files: dict[str, str], expect: str) -> None:
+    # kopf's own service-account login would answer https://kubernetes.default.svc here.
+    bundle = Path("/etc/ssl/certs/ca-certificates.crt").read_text()  # any valid PEM will do: nothing is dialled
+    tmp_path.chmod(0o755)  # the projected volume is readable by the container's user
+    for name, text in files.items():
+        (tmp_path / name).write_text(bundle if text == "bundle" else text)
+        (tmp_path / name).chmod(0o644 if name != "unreadable" else 0o600)
+    out = podman("run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+                 "--volume", f"{tmp_path}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
+                 "--env", "KUBERNETES_SERVICE_HOST=fd00::10", "--env", "KUBERNETES_SERVICE_PORT=6443",
+                 "--entrypoint", "python", image, "-c", LOGIN)
+    assert out.stdout.strip() == expect, out.stdout + out.stderr

@@ -141,3 +141,11 @@ def test_service_account_from_a_mounted_directory(tmp_path: Path) -> None:
     account = ServiceAccount.from_environment(env, tmp_path)
     assert account.namespace == "orchestrator-system"
     assert account.token_file("kopf").header() == "Bearer t"
+
+
+def test_an_unreadable_token_is_a_clear_error(tmp_path: Path) -> None:
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1"}
+    (tmp_path / "token").mkdir()  # unreadable as a file, whoever runs the test
+    (tmp_path / "ca.crt").write_text("pem")
+    with pytest.raises(IdentityError, match=r"cannot read .*token: Is a directory"):
+        ServiceAccount.from_environment(env, tmp_path)
