@@ -1,13 +1,15 @@
 # One image for both roles of Orchestrator: `orchestrator operator ...` and
 # `orchestrator proxy ...` (the Helm chart passes the role as arguments).
 #
+#   make image        # tools/image/build.sh: podman or docker, see README "Building the image"
 #   docker build -t orchestrator:dev .
 #   docker run --rm orchestrator:dev --help
 #
 # Stage 1 builds the project's wheel and installs it into a virtualenv; stage 2
 # copies only that virtualenv onto a clean slim base: no compiler, no sources,
-# no wheel cache. tests/cluster/test_chart.py runs the same pip commands (the
-# RUN lines marked "install step") in a fresh virtualenv and checks the CLI.
+# no wheel cache. tests/image builds this file and runs the result (roles,
+# user, read-only root, the chart's Pods); tests/cluster/test_chart.py runs the
+# RUN lines marked "install step" in a fresh virtualenv and lints the file.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

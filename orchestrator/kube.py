@@ -42,8 +42,12 @@ def in_cluster_client(account: ServiceAccount) -> client.ApiClient:
     cfg.host = account.server
     cfg.ssl_ca_cert = str(account.ca_path)
     cfg.api_key["BearerToken"] = token.header()  # fails now, with a message, if unreadable
-    # Called by the client before every request, in the thread making it.
-    cfg.refresh_api_key_hook = lambda c: c.api_key.__setitem__("BearerToken", token.header())
+
+    def refresh(configuration: client.Configuration) -> None:
+        # Called by the client before every request, in the thread making it.
+        configuration.api_key["BearerToken"] = token.header()
+
+    cfg.refresh_api_key_hook = refresh
     return TokenApiClient(cfg, token)
 
 

@@ -51,7 +51,7 @@ mmdebstrap --quiet --variant=minbase --include="$packages" "${dpkg_opts[@]}" \
   "$suite" "$work/rootfs.tar" "${mirrors[@]}" >&2
 # The same environment python:3.11-slim sets: a PATH (the Dockerfile extends
 # it) and a UTF-8 locale that needs no locale files.
-"$engine" import --quiet \
+"$engine" import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'CMD ["python3"]' \
