@@ -3,7 +3,7 @@
 # Debian and Python as python:3.11-slim-bookworm, from Debian's archive with
 # mmdebstrap, imported as localhost/orchestrator-base:<hash>. The hash covers
 # this script (suite, mirrors, packages, options), so an unchanged script
-# reuses the imported image (~20 s otherwise). Prints the image reference.
+# reuses the imported image (~30 s otherwise). Prints the image reference.
 #
 #   tools/image/base.sh            # -> localhost/orchestrator-base:3f2a...
 set -euo pipefail
