@@ -50,7 +50,8 @@ Handler = Callable[[aiohttp.ClientRequest], Awaitable[aiohttp.ClientResponse]]
 
 def bearer_token(token: TokenFile) -> Callable[[aiohttp.ClientRequest, Handler], Awaitable[aiohttp.ClientResponse]]:
     """An aiohttp client middleware: the current token on every request; on a
-    401, one retry if the file holds a newer token than the one sent."""
+    401, one retry if the file holds a newer token than the one sent (safe
+    for writes: the API server authenticates before it does anything)."""
 
     async def middleware(request: aiohttp.ClientRequest, handler: Handler) -> aiohttp.ClientResponse:
         sent = await asyncio.to_thread(token.header)  # a stat, and a read when it changed: off the loop

@@ -53,7 +53,8 @@ def in_cluster_client(account: ServiceAccount) -> client.ApiClient:
 
 class TokenApiClient(client.ApiClient):
     """An ApiClient that, on a 401, re-reads the token and retries once if
-    the file now holds another one (a rotation that raced the call)."""
+    the file now holds another one (a rotation that raced the call). Safe
+    for writes too: the API server authenticates before it does anything."""
 
     def __init__(self, configuration: client.Configuration, token: TokenFile) -> None:
         super().__init__(configuration)
