@@ -1,13 +1,15 @@
 # One image for both roles of Orchestrator: `orchestrator operator ...` and
 # `orchestrator proxy ...` (the Helm chart passes the role as arguments).
 #
+#   make image        # tools/image/build.sh: podman or docker, see README "Building the image"
 #   docker build -t orchestrator:dev .
 #   docker run --rm orchestrator:dev --help
 #
 # Stage 1 builds the project's wheel and installs it into a virtualenv; stage 2
 # copies only that virtualenv onto a clean slim base: no compiler, no sources,
-# no wheel cache. tests/cluster/test_chart.py runs the same pip commands (the
-# RUN lines marked "install step") in a fresh virtualenv and checks the CLI.
+# no wheel cache. tests/image builds this file and runs the result (roles,
+# user, read-only root, the chart's Pods); tests/cluster/test_chart.py runs the
+# RUN lines marked "install step" in a fresh virtualenv and lints the file.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -26,6 +28,12 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels /src
 # install step: a virtualenv holding the wheel and its dependencies (binary wheels only)
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/python -m pip install --only-binary=:all: /wheels/*.whl
+# Lean runtime: no packaging tools (pip, setuptools), no tests shipped inside
+# dependencies, and not the official client's asyncio twin `kubernetes.aio`
+# (68 MB, imported by nothing here; the operator's async client is kopf's own).
+RUN /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/kubernetes/aio \
+    && find /opt/venv -depth -type d -name tests -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="orchestrator" \

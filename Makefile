@@ -42,3 +42,10 @@ chart-lint: cluster-build
 	.cluster/bin/helm lint --strict charts/orchestrator
 	.cluster/bin/helm lint --strict charts/orchestrator -f tests/cluster/testdata/chart/all-features.yaml
 	.cluster/bin/helm lint --strict charts/orchestrator -f tests/cluster/testdata/chart/namespaces.yaml
+
+.PHONY: image
+# The container image from the Dockerfile, with podman or docker (whichever is
+# present; ENGINE=docker|podman chooses). IMAGE=registry/name:tag names it
+# (default localhost/orchestrator:dev). See README "Building the image".
+image:
+	tools/image/build.sh

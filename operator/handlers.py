@@ -7,11 +7,11 @@ writer of Endpoint status is the reconcile loop.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import kopf
 
+from orchestrator.operator import login
 from orchestrator.operator.reconciler import OperatorState
 
 
@@ -29,13 +29,7 @@ def build_registry() -> kopf.OperatorRegistry:
     """A fresh handler registry (instead of kopf's process-global default)."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
-        # The Pod's service account in a cluster, else $KUBECONFIG (read at call time:
-        # the official client fixes its default path when it is first imported).
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return kopf.login_with_service_account(**kwargs)
-        return kopf.login_with_kubeconfig(**kwargs)
+    kopf.on.login(registry=registry)(login.login)
 
     @kopf.on.event("orchestrator.dev", "v1alpha1", "endpoints", registry=registry)
     async def endpoint_seen(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

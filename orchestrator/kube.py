@@ -6,28 +6,84 @@ Blocking calls of the official client: callers run them with
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from orchestrator.core import contract
 from orchestrator.core.registry import Registry, decode_shards
+from orchestrator.serviceaccount import ServiceAccount, TokenFile
 
 log = logging.getLogger("orchestrator.kube")
 
 
 def api_client(kubeconfig: Optional[str]) -> client.ApiClient:
-    """A client from a kubeconfig file, or the in-cluster service account."""
+    """A client from a kubeconfig file, or the in-cluster service account.
+
+    Blocking (reads files): call it before the event loop runs or in a thread.
+    """
     if kubeconfig:
         return config.new_client_from_config(config_file=kubeconfig)
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        cfg = client.Configuration()
-        config.load_incluster_config(client_configuration=cfg)
-        return client.ApiClient(cfg)
+        return in_cluster_client(ServiceAccount.from_environment())
     return config.new_client_from_config()
+
+
+def in_cluster_client(account: ServiceAccount) -> client.ApiClient:
+    """The official client with the Pod's identity, re-reading the token file
+    on every change and after a 401 (its own in-cluster loader re-reads it
+    only once a minute, and never on a 401)."""
+    token = account.token_file("kubernetes client")
+    cfg = client.Configuration()
+    cfg.host = account.server
+    cfg.ssl_ca_cert = str(account.ca_path)
+    cfg.api_key["BearerToken"] = token.header()  # fails now, with a message, if unreadable
+
+    def refresh(configuration: client.Configuration) -> None:
+        # Called by the client before every request, in the thread making it.
+        configuration.api_key["BearerToken"] = token.header()
+
+    cfg.refresh_api_key_hook = refresh
+    return TokenApiClient(cfg, token)
+
+
+class TokenApiClient(client.ApiClient):
+    """An ApiClient that, on a 401, re-reads the token and retries once if
+    the file now holds another one (a rotation that raced the call). Safe
+    for writes too: the API server authenticates before it does anything."""
+
+    def __init__(self, configuration: client.Configuration, token: TokenFile) -> None:
+        super().__init__(configuration)
+        self.token = token
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        # The request's headers, auth included, are found by parameter name:
+        # the positional layout differs between releases of the client.
+        headers = _CALL_API.bind(self, *args, **kwargs).arguments.get("header_params")
+        headers = headers if isinstance(headers, dict) else {}
+        for retry in (False, True):
+            sent = headers.get("authorization")
+            try:
+                response = super().call_api(*args, **kwargs)
+            except ApiException as exc:  # older clients raise from the REST layer
+                if exc.status != 401 or retry or not self.token.refused(sent):
+                    raise
+            else:
+                if getattr(response, "status", None) != 401:
+                    self.token.accepted()
+                    return response
+                if retry or not self.token.refused(sent):
+                    return response  # the generated method raises ApiException(401)
+                response.read()  # drain it: the connection goes back to the pool
+            headers["authorization"] = self.token.header()
+        raise AssertionError("unreachable")
+
+
+_CALL_API = inspect.signature(client.ApiClient.call_api)
 
 
 class RegistryNotReady(Exception):

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # The project's test command (README "Quick start"): installs what the tests
 # need, builds the local Kubernetes control plane if it changed (cached), and
-# runs every tier: unit, proxy (real processes), cluster (real kube-apiserver).
+# runs every tier: unit, proxy (real processes), cluster (real kube-apiserver),
+# image (the Dockerfile built and run with podman, installed from Debian's archive).
 # Extra arguments go to pytest, e.g. `tools/test.sh tests/unit -q`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 tools/controlplane/build.sh
+# podman, buildah, runc, mmdebstrap (a no-op when present). Without them the
+# image tier is skipped, and says so in the summary: make that loud here too.
+if ! tools/image/install.sh; then
+  if [[ "${CI:-}" == true ]]; then
+    echo "tools/test.sh: cannot install the container tools: CI must run the image tier" >&2
+    exit 1
+  fi
+  echo "tools/test.sh: WARNING: cannot install the container tools: the image tier (tests/image) will be SKIPPED" >&2
+fi
 
 set +e
 python -m pytest -p no:cacheprovider "$@"
