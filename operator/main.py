@@ -26,7 +26,7 @@ from orchestrator.operator.handlers import build_registry, memo_for
 from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.probes import KopfRetryFilter, Probes
 from orchestrator.operator.reconciler import Reconciler, Settings
-from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer, is_outage
+from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer, fail_fast, is_outage
 
 log = logging.getLogger("orchestrator.operator")
 PEERING_NAME = "orchestrator"
@@ -132,7 +132,7 @@ async def list_until_done(reconciler: Reconciler, api: client.ApiClient,
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            reconciler.lost_contact(exc)
+            reconciler.failed(exc)
             await asyncio.sleep(reconciler.settings.retry_seconds)
             continue
         gone = reconciler.contact.back(reconciler.clock.wall())
@@ -145,6 +145,8 @@ async def list_until_done(reconciler: Reconciler, api: client.ApiClient,
 def run_operator(args: argparse.Namespace) -> int:
     if args.log_level != "debug":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
+        # urllib3 logs each of its own retries: during an outage, several lines a second.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     if not args.liveness_seconds > 0:
         log.error("--liveness-seconds must be more than 0, not %s", args.liveness_seconds)
         return 2
@@ -156,6 +158,7 @@ def run_operator(args: argparse.Namespace) -> int:
     if stale:
         settings.report_stale_seconds = float(stale)
     api = kube.api_client(args.kubeconfig)
+    fail_fast(api)
     identity = f"{socket.gethostname()}/{os.getpid()}"
     peering = PeeringGuard(api, PEERING_NAME, identity, namespace=namespaces[0] if namespaces else None)
     reconciler = Reconciler(settings, Writer(api, args.namespace, args.registry, owner_configmap=args.owner_configmap),

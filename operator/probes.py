@@ -11,6 +11,7 @@ server merely has nothing to say, the operator is alive.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from aiohttp import web
@@ -58,20 +59,36 @@ class Probes:
             await self._runner.cleanup()
 
 
+# kopf's request errors that mean "no answer" (as opposed to an answer it did not like).
+_UNREACHABLE = ("ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "TimeoutError",
+                "ServerTimeoutError", "ConnectionResetError")
+
+
 class KopfRetryFilter(logging.Filter):
     """kopf logs every failed attempt of every request at ERROR (about one a second
-    per watch during an outage). Those records become a call to `lost` (which logs
-    one line when it is news) and are dropped; anything else from kopf passes."""
+    per watch during an outage). An attempt that got no answer becomes a call to
+    `lost` (which logs one line when it is news); one that got an answer (a 429 or
+    5xx while the API server starts, say) becomes one line per `quiet` seconds.
+    Both are then dropped; anything else from kopf passes."""
 
-    def __init__(self, lost: Callable[[str], None]) -> None:
+    def __init__(self, lost: Callable[[str], None], quiet: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.lost = lost
+        self.quiet = quiet
+        self.clock = clock
+        self._said = float("-inf")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("kopf"):
             return True
         message = record.getMessage()
-        if message.startswith("Request attempt") and " failed" in message:
-            self.lost(message.rsplit(" -> ", 1)[-1][:200])
-            return False
-        return True
+        if not (message.startswith("Request attempt") and " failed" in message):
+            return True
+        error = message.rsplit(" -> ", 1)[-1]
+        if error.startswith(_UNREACHABLE):
+            self.lost(error[:200])
+        elif self.clock() - self._said >= self.quiet:
+            self._said = self.clock()
+            log.warning("API server answered with an error (%s); kopf retries", error[:120])
+        return False

@@ -27,7 +27,7 @@ from orchestrator.operator.freshness import Contact, FreshnessRule
 from orchestrator.operator.inputs import Inputs
 from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.plan import Changes, Now, Pass, Plan, StatusPatch, Written
-from orchestrator.operator.writer import Writer, is_outage
+from orchestrator.operator.writer import Writer, is_outage, no_answer
 
 log = logging.getLogger("orchestrator.operator")
 
@@ -173,7 +173,7 @@ class Reconciler:
         self.contact = Contact()
         self.pass_ = Pass(settings.defaults, FreshnessRule(settings.report_stale_seconds), settings.hold_seconds)
         self.debounce = Debounce(settings.debounce_seconds)
-        self.statuses = StatusQueue(writer, settings.status_workers, self.lost_contact, settings.retry_seconds,
+        self.statuses = StatusQueue(writer, settings.status_workers, self.failed, settings.retry_seconds,
                                     self.metrics)
         self.primed = False  # no pass until the initial listing is in
         self._kick = asyncio.Event()
@@ -200,10 +200,18 @@ class Reconciler:
         self._kick.set()
 
     # -- the API server's comings and goings ---------------------------------------
+    def failed(self, exc: BaseException) -> None:
+        """A call failed in a way worth retrying: no answer at all is an outage; an
+        answer such as 503 while the API server starts is only a reason to try again."""
+        if no_answer(exc):
+            self.lost_contact(exc)
+        else:
+            log.debug("API server busy (%s); retrying", exc)
+
     def lost_contact(self, reason: object) -> None:
         """Something failed to reach the API server: one line when that is news."""
         text = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
-        if self.contact.lost(self.clock.wall(), str(text)[:200]):
+        if self.contact.lost(self.clock.wall(), str(text)[:120]):
             self.metrics.watch_restarts.inc()
             self.metrics.api_reachable.set(0)
             log.warning("API server unreachable (%s); retrying every %g s, writes wait, replicas keep their status",
@@ -217,12 +225,17 @@ class Reconciler:
         self.kick()
 
     async def _probe(self) -> None:
+        """While the API server is away: try to list the reports. Success means it is
+        back (storage included, which /version would not prove), and the listing is
+        the freshest word on every replica."""
+        at = self.clock.wall()
         try:
-            await asyncio.to_thread(self.writer.ping)
+            items = await asyncio.to_thread(self.writer.list_reports)
         except Exception as exc:
             if not is_outage(exc):
                 raise
             return
+        self.inputs.replace_reports(items, at)
         gone = self.contact.back(self.clock.wall())
         if gone is not None:
             self._back(gone)
@@ -237,11 +250,13 @@ class Reconciler:
                     continue
                 if self.contact.down:
                     await self._probe()
+                    if self.contact.down:
+                        continue  # nothing can be written; what changed stays marked for later
                 try:
                     await self.reconcile()
                 except Exception as exc:  # keep the loop alive; the next pass retries
                     if is_outage(exc):
-                        self.lost_contact(exc)
+                        self.failed(exc)
                     else:
                         log.exception("reconcile failed; retrying")
                     self._wake_at = self.clock.monotonic() + self.settings.retry_seconds
@@ -270,8 +285,12 @@ class Reconciler:
         changes = Changes(compile_dirty, keys, routes)
         started = time.perf_counter()
         plan = self.pass_.run(self.inputs, changes, self.written, self.contact, reading(self.clock))
-        self.metrics.pass_seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.metrics.pass_seconds.observe(took)
         self.metrics.passes.inc()
+        log.debug("pass: compile=%s, %d Endpoint(s) evaluated, %d status patch(es), registry %s, %.1f ms",
+                  changes.compile, plan.evaluated, len(plan.statuses),
+                  "unchanged" if plan.registry is None else plan.registry.revision, took * 1000)
         try:
             frozen = bool(await rivals) if rivals is not None else False
         except Exception:

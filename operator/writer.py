@@ -1,7 +1,7 @@
 """The operator's calls to the API server that are not watches: registry,
-Endpoint status, Events, and the two reads a plan may need (the reports,
-re-listed before a replica is declared gone; a cheap probe while the API
-server is away).
+Endpoint status, Events, and the one read a plan may need (the reports,
+re-listed before a replica is declared gone, and to tell when the API server
+is back).
 
 Blocking client calls; the reconciler runs them in threads.
 """
@@ -29,6 +29,21 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in (0, 429) or exc.status >= 500
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def no_answer(exc: BaseException) -> bool:
+    """The API server did not answer at all (as opposed to answering 429/5xx while it starts)."""
+    return is_outage(exc) and not (isinstance(exc, ApiException) and exc.status != 0)
+
+
+def fail_fast(api: client.ApiClient) -> None:
+    """Retry only connection failures inside a call, and never sleep on a Retry-After
+    header: a kube-apiserver that is starting answers 503 with "Retry-After: 5", and
+    urllib3 would hold the reconcile loop that long. The loop retries on its own
+    schedule instead."""
+    retries = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
+                            respect_retry_after_header=False)
+    api.rest_client.pool_manager.connection_pool_kw["retries"] = retries
 
 
 class Writer:
@@ -104,12 +119,8 @@ class Writer:
     def list_reports(self) -> list[dict[str, Any]]:
         """The proxies' report ConfigMaps as plain dicts (what a watch would deliver)."""
         items = self.core.list_namespaced_config_map(
-            self.namespace, label_selector=f"{contract.REPORT_LABEL}={self.registry_name}").items
+            self.namespace, label_selector=f"{contract.REPORT_LABEL}={self.registry_name}", _request_timeout=10).items
         return [self.core.api_client.sanitize_for_serialization(cm) for cm in items]
-
-    def ping(self) -> None:
-        """Raises unless the API server answers (GET /version: any identity may read it)."""
-        client.VersionApi(self.core.api_client).get_code(_request_timeout=5)
 
     def event(self, involved: Mapping[str, str], etype: str, reason: str, message: str) -> bool:
         """Post a core/v1 Event about an object; False if it failed (logged, never fatal)."""

@@ -39,3 +39,16 @@ def test_kopf_retry_errors_become_one_call_and_are_dropped() -> None:
     assert seen == ["ClientConnectorError('Connection refused')"]
     assert f.filter(record("kopf._core.reactor.running", "Unexpected error")) is True  # the unexpected stays
     assert f.filter(record("orchestrator.operator", "Request attempt #1 failed")) is True  # not kopf's
+
+
+def test_errors_that_did_get_an_answer_are_one_line_per_quiet_period(caplog) -> None:
+    seen: list[str] = []
+    now = [0.0]
+    f = KopfRetryFilter(seen.append, quiet=30, clock=lambda: now[0])
+    busy = "Request attempt #1/9 failed; will retry: GET /apis/x -> APITooManyRequestsError('storage is (re)initializing')"
+    with caplog.at_level(logging.WARNING, logger="orchestrator.operator"):
+        for t in (0.0, 1.0, 29.0, 31.0):
+            now[0] = t
+            assert f.filter(record("kopf._cogs.clients.watching", busy)) is False
+    assert seen == []  # it answered: not an outage
+    assert [r.getMessage().startswith("API server answered with an error") for r in caplog.records] == [True, True]
