@@ -261,6 +261,16 @@ def _ready(obj: dict[str, Any]) -> bool:
     return False
 
 
+def _programmed_generation(obj: dict[str, Any]) -> Optional[int]:
+    """The generation that status shows as observed AND programmed (None if not programmed)."""
+    status = obj.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Programmed" and c.get("status") == "True":
+            gen = status.get("observedGeneration")
+            return gen if gen == c.get("observedGeneration") else None
+    return None
+
+
 class EndpointWatch(threading.Thread):
     """Watches endpoints.orchestrator.dev in all namespaces, from outside the operator.
 
@@ -276,6 +286,9 @@ class EndpointWatch(threading.Thread):
         self.ready: dict[str, bool] = {}
         self.ready_at: dict[str, float] = {}
         self.status_writes: list[float] = []  # monotonic times of status-changing events
+        self.writes_of: Counter = Counter()  # key -> status writes seen (until it was deleted)
+        self.writes_before_ready: dict[str, int] = {}  # key -> status writes up to the first Ready=True
+        self.programmed_at: dict[tuple[str, int], float] = {}  # (key, generation) -> first time programmed
         self.events = Counter()
         self.stopped = threading.Event()
         self.synced = threading.Event()
@@ -315,11 +328,16 @@ class EndpointWatch(threading.Thread):
                             continue
                         if kind == "MODIFIED" and obj.get("status") != self.status.get(key):
                             self.status_writes.append(now)
+                            self.writes_of[key] += 1
                         self.status[key] = obj.get("status")
                         r = _ready(obj)
                         if r and not self.ready.get(key):
-                            self.ready_at[key] = now
+                            self.ready_at.setdefault(key, now)
+                            self.writes_before_ready.setdefault(key, self.writes_of[key])
                         self.ready[key] = r
+                        gen = _programmed_generation(obj)
+                        if gen is not None:
+                            self.programmed_at.setdefault((key, gen), now)
             except Exception as exc:  # 410 Gone or a dropped connection: relist
                 if "410" in str(exc) or "Expired" in str(exc):
                     rv = ""
@@ -371,6 +389,42 @@ class RegistryWatch(threading.Thread):
     def first_after(self, t0: float) -> Optional[float]:
         with self.lock:
             return next((t for t, *_ in self.versions if t >= t0), None)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class ReportWatch(threading.Thread):
+    """Counts writes of the proxies' report ConfigMaps (heartbeats included), per report."""
+
+    def __init__(self, cp: Any, namespace: str = NAMESPACE, registry: str = REGISTRY) -> None:
+        super().__init__(daemon=True)
+        self.cp, self.namespace, self.registry = cp, namespace, registry
+        self.writes: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from kubernetes import client, watch
+        core = client.CoreV1Api(self.cp.api_client())
+        while not self.stopped.is_set():
+            try:
+                w = watch.Watch()
+                for ev in w.stream(core.list_namespaced_config_map, self.namespace,
+                                   label_selector=f"orchestrator.dev/report={self.registry}", timeout_seconds=60,
+                                   _preload_content=True):
+                    if self.stopped.is_set():
+                        w.stop()
+                        break
+                    if ev["type"] in ("ADDED", "MODIFIED"):
+                        with self.lock:
+                            self.writes.append((time.monotonic(), ev["object"].metadata.name))
+            except Exception:
+                time.sleep(0.5)
+
+    def between(self, t0: float, t1: float) -> Counter:
+        with self.lock:
+            return Counter(name for t, name in self.writes if t0 <= t < t1)
 
     def stop(self) -> None:
         self.stopped.set()
