@@ -39,21 +39,6 @@ PEERING_LIFETIME = 15
 ERROR_BACKOFFS = (0.5,) + (1.0,) * 60
 
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """kopf deep-copies every event's body into a "diff-base" for change handlers;
-    the operator has only event handlers, so nothing would ever read it (at 10,000
-    Endpoints that copy of every report and registry shard was the idle CPU)."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        return None
-
-    def fetch(self, *, body: kopf.Body) -> Any:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
-        return None
-
-
 def load_defaults(path: Optional[str]) -> compiler.model.Defaults:
     if not path:
         return compiler.model.Defaults()
@@ -73,7 +58,6 @@ def kopf_settings(settings: kopf.OperatorSettings) -> None:
     settings.networking.error_backoffs = ERROR_BACKOFFS
     settings.peering.lifetime = PEERING_LIFETIME
     settings.peering.stealth = True
-    settings.persistence.diffbase_storage = NoDiffBase()
 
 
 @dataclass

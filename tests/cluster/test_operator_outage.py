@@ -8,33 +8,15 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Iterator
 
 import httpx
-import pytest
 
 from stack import Stack, endpoint_manifest
-from support.harness import Backend, free_port, start_backend, stop, wait_until
+from support.harness import Backend, free_port, stop, wait_until
+from test_operator import FAST_HEALTH, backend, stack  # noqa: F401  (fixtures: one stack per module)
 
 STALE = 6.0  # the Stack's ORCHESTRATOR_REPORT_STALE_SECONDS
 OUTAGE = 2 * STALE  # longer than the stale horizon: every heartbeat looks old when it ends
-FAST_HEALTH = {"intervalSeconds": 0.5, "timeoutSeconds": 0.5, "healthyThreshold": 1, "unhealthyThreshold": 2}
-
-
-@pytest.fixture(scope="module")
-def stack(control_plane, tmp_path_factory) -> Iterator[Stack]:
-    s = Stack(control_plane, tmp_path_factory.mktemp("outage"), replicas=2)
-    try:
-        yield s.start()
-    finally:
-        s.stop()
-
-
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    b = start_backend()
-    yield b
-    stop(b.proc)
 
 
 def metric(stack: Stack, name: str) -> float:

@@ -88,6 +88,22 @@ def by_name(plan: Plan) -> dict[str, StatusPatch]:
     return {p.key[1]: p for p in plan.statuses}
 
 
+def programmed(*replicas: str) -> World:
+    """Endpoint "pay", loaded on every replica, its status written and echoed back."""
+    w = World()
+    for r in replicas:
+        w.report(r, {})
+    w.run()
+    w.apply("pay")
+    w.run()
+    for r in replicas:
+        w.report(r, loaded("pay"))
+    plan = w.run()
+    assert len(plan.statuses) == 1
+    w.echo(plan)
+    return w
+
+
 # -- debounce and bursts --------------------------------------------------------------
 
 def test_debounce_runs_the_first_change_at_once_and_coalesces_a_burst_behind_it() -> None:
@@ -145,13 +161,7 @@ def test_a_slow_replica_gets_the_pending_status_once_the_hold_expires() -> None:
 
 
 def test_an_edit_moves_observed_generation_and_programmed_together() -> None:
-    w = World()
-    w.report("r0", {})
-    w.run()
-    w.apply("pay")
-    w.run()
-    w.report("r0", loaded("pay"))
-    w.echo(w.run())
+    w = programmed("r0")
     w.apply("pay", generation=2, methods=["GET", "POST"])
     assert w.run().statuses == []  # held: the registry carries generation 2, no replica loaded it yet
     w.report("r0", loaded("pay", generation=2))
@@ -165,15 +175,7 @@ def test_an_edit_moves_observed_generation_and_programmed_together() -> None:
 # -- status diffing -----------------------------------------------------------------------
 
 def test_nothing_visible_changed_means_no_write() -> None:
-    w = World()
-    w.report("r0", {})
-    w.run()
-    w.apply("pay")
-    w.run()
-    w.report("r0", loaded("pay"))
-    plan = w.run()
-    assert len(plan.statuses) == 1
-    w.echo(plan)  # our own patch coming back
+    w = programmed("r0")  # ends with our own patch coming back as MODIFIED
     w.advance(5)
     w.report("r0", loaded("pay"))  # a heartbeat only
     plan = w.run()
@@ -253,16 +255,7 @@ def test_a_restarted_operator_with_an_up_to_date_world_writes_nothing() -> None:
 # -- freshness: stale replicas and API server outages ------------------------------------------
 
 def _two_programmed() -> World:
-    w = World()
-    w.report("r0", {})
-    w.report("r1", {})
-    w.run()
-    w.apply("pay")
-    w.run()
-    w.report("r0", loaded("pay"))
-    w.report("r1", loaded("pay"))
-    w.echo(w.run())
-    return w
+    return programmed("r0", "r1")
 
 
 def test_a_stale_replica_drops_out_of_programmed_only_after_a_relisting() -> None:
