@@ -18,8 +18,9 @@ processes (tests/cluster), one local backend. Phases:
   stay 200 (no 404/503 window); also when status showed observedGeneration
   and Programmed=True at the new generation;
 - delete: done when GET answers 404 on all replicas;
-- steady state: `--steady` seconds with nothing changing: status, registry
-  and report writes.
+- steady state: once no status has been written for 10 s (first health
+  results settle within a probe interval or two), `--steady` seconds with
+  nothing changing: status, registry and report writes.
 
 One thread per replica polls every ~10 ms, and a separate thread keeps
 hitting stable routes on every replica (any non-200 there is an error caused
@@ -48,6 +49,7 @@ import cluster_bench as cb  # noqa: E402
 POLL_INTERVAL = 0.01
 STABLE_INTERVAL = 0.05
 CLIENTS = 4
+QUIET = 10.0  # seconds without a status write before the steady window starts
 TIMEOUT = 30.0
 STABLE = 5
 
@@ -121,6 +123,7 @@ def main() -> int:
     ap.add_argument("--creates", type=int, default=100)
     ap.add_argument("--burst", type=int, default=100, help="Endpoints created at once from 4 clients (0: skip)")
     ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady state to count writes in")
+    ap.add_argument("--settle", type=float, default=150.0, help="max seconds to wait for health to settle first")
     ap.add_argument("--edits", type=int, default=40)
     ap.add_argument("--deletes", type=int, default=40)
     ap.add_argument("--replicas", type=int, default=3)
@@ -252,8 +255,12 @@ def run(args, cp, stack, workdir, backend) -> int:
             results["edit"]["programmed"].append(epw.programmed_at[(f"default/{n}", 2)] - t0)
     writes_to_ready = [epw.writes_before_ready[k] for k in want_ready if k in epw.writes_before_ready]
 
-    # Steady state: nothing changes; count writes.
-    time.sleep(3.0)
+    # Steady state: nothing changes. First the health checks settle (first results
+    # arrive within an interval or two and each moves the status), then count writes.
+    q0 = time.monotonic()
+    while time.monotonic() - q0 < args.settle and epw.writes_between(time.monotonic() - QUIET, time.monotonic()):
+        time.sleep(0.5)
+    settled = time.monotonic() - q0
     s0 = time.monotonic()
     regs0 = len(regw.versions)
     time.sleep(args.steady)
@@ -295,6 +302,7 @@ def run(args, cp, stack, workdir, backend) -> int:
               f"max {max(writes_to_ready)}, distribution {dict(sorted(dist.items()))}")
     hb = args.report_interval
     per_replica = ", ".join(f"{k.rsplit('-', 1)[-1]} {v}" for k, v in sorted(steady_reports.items())) or "none"
+    print(f"status quiet (no write for {QUIET:g} s) {settled:.0f} s after the last change")
     print(f"steady state {s1 - s0:.0f} s: status writes {steady_status}, registry writes {steady_registry}, "
           f"report writes per replica {per_replica} (heartbeat {hb:g} s: at most {int((s1 - s0) / hb) + 1} each)")
     print("CPU during the run (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_pct.items()))

@@ -60,6 +60,7 @@ class Settings:
     hold_seconds: float = 1.0  # see plan.Pass.hold_seconds
     status_workers: int = 8  # status patches in flight
     retry_seconds: float = 1.0  # after a failed write, and between probes while the API server is away
+    peering_seconds: float = 2.0  # how often the peering object is read (a rival pauses writes within this)
 
 
 class Debounce:
@@ -95,13 +96,14 @@ class StatusQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._events: list[asyncio.Task[None]] = []
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="status")
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"status-{i}") for i in range(self.workers)]
 
     def stop(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks + self._events:
             task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -125,6 +127,12 @@ class StatusQueue:
         else:
             self._idle.clear()
 
+    async def _post_events(self, patch: StatusPatch) -> None:
+        loop = asyncio.get_running_loop()
+        for etype, reason, message in patch.events:
+            ok = await loop.run_in_executor(self._pool, self.writer.event, patch.involved, etype, reason, message)
+            self.metrics.events.labels("ok" if ok else "failed").inc()
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -139,11 +147,9 @@ class StatusQueue:
                 ns, name = patch.key
                 landed = await loop.run_in_executor(self._pool, self.writer.patch_status, ns, name, patch.desired)
                 self.metrics.status_writes.labels("ok" if landed else "gone").inc()
-                if landed:
-                    for etype, reason, message in patch.events:
-                        ok = await loop.run_in_executor(self._pool, self.writer.event, patch.involved, etype, reason,
-                                                        message)
-                        self.metrics.events.labels("ok" if ok else "failed").inc()
+                if landed and patch.events:  # posted beside the queue: the next patch need not wait
+                    self._events.append(asyncio.create_task(self._post_events(patch)))
+                    self._events = [t for t in self._events if not t.done()]
             except Exception as exc:
                 self.metrics.status_writes.labels("failed").inc()
                 if is_outage(exc):
@@ -241,8 +247,23 @@ class Reconciler:
             self._back(gone)
 
     # -- the loop --------------------------------------------------------------------
+    async def watch_peers(self) -> None:
+        """Read kopf's peering object every `peering_seconds`, beside the loop: a pass
+        must not wait for that round trip, and a rival is noticed within the period."""
+        assert self.peering is not None
+        while True:
+            try:
+                await asyncio.to_thread(self.peering.check)
+            except Exception as exc:
+                if is_outage(exc):
+                    self.failed(exc)
+                else:
+                    log.exception("reading the peering object failed")
+            await asyncio.sleep(self.settings.peering_seconds)
+
     async def run(self) -> None:
         self.statuses.start()
+        peers = asyncio.create_task(self.watch_peers(), name="peers") if self.peering is not None else None
         try:
             while True:
                 await self._wait()
@@ -261,6 +282,8 @@ class Reconciler:
                         log.exception("reconcile failed; retrying")
                     self._wake_at = self.clock.monotonic() + self.settings.retry_seconds
         finally:
+            if peers is not None:
+                peers.cancel()
             self.statuses.stop()
 
     async def _wait(self) -> None:
@@ -280,7 +303,11 @@ class Reconciler:
         self.debounce.ran(self.clock.monotonic())
 
     async def reconcile(self) -> None:
-        rivals = asyncio.create_task(asyncio.to_thread(self.peering.check)) if self.peering else None
+        # Frozen while a rival is alive, and until the peering object has been read once:
+        # write nothing, forget nothing (what changed stays marked in the inputs).
+        if self.peering is not None and (not self.peering.checked or self.peering.rivals):
+            self._wake_at = self.clock.monotonic() + self.settings.retry_seconds
+            return
         compile_dirty, keys, routes = self.inputs.take_dirty()
         changes = Changes(compile_dirty, keys, routes)
         started = time.perf_counter()
@@ -291,15 +318,6 @@ class Reconciler:
         log.debug("pass: compile=%s, %d Endpoint(s) evaluated, %d status patch(es), registry %s, %.1f ms",
                   changes.compile, plan.evaluated, len(plan.statuses),
                   "unchanged" if plan.registry is None else plan.registry.revision, took * 1000)
-        try:
-            frozen = bool(await rivals) if rivals is not None else False
-        except Exception:
-            self._restore(changes)
-            raise
-        if frozen:
-            self._restore(changes)  # another operator is alive: write nothing, forget nothing
-            self._wake_at = self.clock.monotonic() + self.settings.retry_seconds
-            return
         await self.carry_out(plan, changes)
 
     def _restore(self, changes: Changes) -> None:
