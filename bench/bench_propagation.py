@@ -237,7 +237,7 @@ def run(args, cp, stack, workdir, backend) -> int:
                                                and all(k in epw.programmed_at for k in want_prog)):
         time.sleep(0.2)
 
-    for i, name in enumerate(reversed(names[-args.deletes:])):
+    for i, name in enumerate(reversed(names[len(names) - args.deletes:])):
         custom.delete_namespaced_custom_object(cb.GROUP, cb.VERSION, "default", cb.PLURAL, name)
         t0 = time.monotonic()
         record("delete", t0, poller.wait_all("GET", f"/orchestrator/{name}/x", 404))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol
@@ -26,7 +26,7 @@ from orchestrator.operator.metrics import OperatorMetrics
 from orchestrator.operator.freshness import Contact, FreshnessRule
 from orchestrator.operator.inputs import Inputs
 from orchestrator.operator.peering import PeeringGuard
-from orchestrator.operator.plan import Changes, Now, Pass, Plan, StatusPatch, Written
+from orchestrator.operator.plan import Changes, Event, Now, Pass, Plan, StatusPatch, Written
 from orchestrator.operator.writer import Writer, is_outage, no_answer
 
 log = logging.getLogger("orchestrator.operator")
@@ -78,7 +78,9 @@ class Debounce:
 
 
 class StatusQueue:
-    """Status patches keyed by Endpoint uid, latest wins, a few written at once.
+    """Status patches keyed by Endpoint uid, latest wins, a few written at once; the
+    Events of a transition once its patch has landed, after any waiting patch (in a
+    burst, Ready=True on the next Endpoint matters more than the news about this one).
 
     A patch that fails because the API server is away is put back (unless a newer
     one for the same Endpoint arrived meanwhile) and retried."""
@@ -91,19 +93,17 @@ class StatusQueue:
         self.outage = outage
         self.retry_seconds = retry_seconds
         self.pending: "OrderedDict[str, StatusPatch]" = OrderedDict()
+        self.events: deque[tuple[dict[str, str], Event]] = deque()
         self.in_flight = 0
         self._ready = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._events: list[asyncio.Task[None]] = []
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="status")
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"status-{i}") for i in range(self.workers)]
 
     def stop(self) -> None:
-        for task in self._tasks + self._events:
+        for task in self._tasks:
             task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -115,53 +115,50 @@ class StatusQueue:
     def size(self) -> int:
         return len(self.pending) + self.in_flight
 
-    async def idle(self) -> None:
-        await self._idle.wait()
-
     def _changed(self) -> None:
         self.metrics.status_pending.set(self.size())
-        if self.pending:
+        if self.pending or self.events:
             self._ready.set()
-        if self.size() == 0:
-            self._idle.set()
-        else:
-            self._idle.clear()
-
-    async def _post_events(self, patch: StatusPatch) -> None:
-        loop = asyncio.get_running_loop()
-        for etype, reason, message in patch.events:
-            ok = await loop.run_in_executor(self._pool, self.writer.event, patch.involved, etype, reason, message)
-            self.metrics.events.labels("ok" if ok else "failed").inc()
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
-            if not self.pending:
+            if self.pending:
+                _, patch = self.pending.popitem(last=False)
+                await self._patch(patch)
+            elif self.events:
+                await self._event(*self.events.popleft())
+            else:
                 self._ready.clear()
-                continue
-            _, patch = self.pending.popitem(last=False)
-            self.in_flight += 1
+
+    async def _patch(self, patch: StatusPatch) -> None:
+        self.in_flight += 1
+        self._changed()
+        try:
+            ns, name = patch.key
+            landed = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.writer.patch_status, ns, name, patch.desired)
+            self.metrics.status_writes.labels("ok" if landed else "gone").inc()
+            if landed:
+                self.events.extend((patch.involved, event) for event in patch.events)
+        except Exception as exc:
+            self.metrics.status_writes.labels("failed").inc()
+            if is_outage(exc):
+                self.outage(exc)
+                if patch.uid not in self.pending:
+                    self.pending[patch.uid] = patch
+                await asyncio.sleep(self.retry_seconds)
+            else:  # a rejected patch is a bug to see, not to retry in a loop
+                log.exception("status patch of %s/%s failed", *patch.key)
+        finally:
+            self.in_flight -= 1
             self._changed()
-            try:
-                ns, name = patch.key
-                landed = await loop.run_in_executor(self._pool, self.writer.patch_status, ns, name, patch.desired)
-                self.metrics.status_writes.labels("ok" if landed else "gone").inc()
-                if landed and patch.events:  # posted beside the queue: the next patch need not wait
-                    self._events.append(asyncio.create_task(self._post_events(patch)))
-                    self._events = [t for t in self._events if not t.done()]
-            except Exception as exc:
-                self.metrics.status_writes.labels("failed").inc()
-                if is_outage(exc):
-                    self.outage(exc)
-                    if patch.uid not in self.pending:
-                        self.pending[patch.uid] = patch
-                    await asyncio.sleep(self.retry_seconds)
-                else:  # a rejected patch is a bug to see, not to retry in a loop
-                    log.exception("status patch of %s/%s failed", *patch.key)
-            finally:
-                self.in_flight -= 1
-                self._changed()
+
+    async def _event(self, involved: dict[str, str], event: Event) -> None:
+        etype, reason, message = event
+        ok = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.writer.event, involved, etype, reason, message)
+        self.metrics.events.labels("ok" if ok else "failed").inc()
 
 
 class Reconciler:
