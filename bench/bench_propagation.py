@@ -57,8 +57,9 @@ STABLE = 5
 class Poller:
     """One persistent HTTP client per replica; poll all replicas concurrently."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], interval: float = POLL_INTERVAL) -> None:
         self.urls = urls
+        self.interval = interval
         self.clients = [httpx.Client(base_url=u, timeout=5.0) for u in urls]
         self.pool = ThreadPoolExecutor(len(urls))
         self.get_errors: Counter = Counter()
@@ -78,7 +79,7 @@ class Poller:
                     self.get_errors[g] += 1
             if status == want:
                 return now
-            time.sleep(POLL_INTERVAL)
+            time.sleep(self.interval)
         return None
 
     def wait_all(self, method: str, path: str, want: int, check_get: bool = False) -> list[Optional[float]]:
@@ -94,8 +95,9 @@ class Poller:
 class StableChecker(threading.Thread):
     """Keeps requesting routes that never change, on every replica; counts answers."""
 
-    def __init__(self, urls: list[str], routes: list[str]) -> None:
+    def __init__(self, urls: list[str], routes: list[str], interval: float = STABLE_INTERVAL) -> None:
         super().__init__(daemon=True)
+        self.interval = interval
         self.clients = [httpx.Client(base_url=u, timeout=5.0) for u in urls]
         self.routes = routes
         self.codes: Counter = Counter()
@@ -109,7 +111,7 @@ class StableChecker(threading.Thread):
                         self.codes[c.get(f"/orchestrator/{r}/x").status_code] += 1
                     except httpx.HTTPError as exc:
                         self.codes[type(exc).__name__] += 1
-            time.sleep(STABLE_INTERVAL)
+            time.sleep(self.interval)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -123,6 +125,10 @@ def main() -> int:
     ap.add_argument("--creates", type=int, default=100)
     ap.add_argument("--burst", type=int, default=100, help="Endpoints created at once from 4 clients (0: skip)")
     ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady state to count writes in")
+    ap.add_argument("--poll-ms", type=float, default=POLL_INTERVAL * 1000,
+                    help="pause between polls of a changed route, per replica (issue 4's runs: 5)")
+    ap.add_argument("--stable-ms", type=float, default=STABLE_INTERVAL * 1000,
+                    help="pause between rounds over the stable routes (issue 4's runs: 10)")
     ap.add_argument("--settle", type=float, default=150.0, help="max seconds to wait for health to settle first")
     ap.add_argument("--edits", type=int, default=40)
     ap.add_argument("--deletes", type=int, default=40)
@@ -167,11 +173,11 @@ def run(args, cp, stack, workdir, backend) -> int:
     stable = [f"stable-{i}" for i in range(STABLE)]
     for name in stable:
         create(name)
-    poller = Poller(urls)
+    poller = Poller(urls, args.poll_ms / 1000)
     for name in stable:
         if None in poller.wait_all("GET", f"/orchestrator/{name}/x", 200):
             raise RuntimeError(f"route {name} never reached the proxies:\n{stack.logs()}")
-    checker = StableChecker(urls, stable)
+    checker = StableChecker(urls, stable, args.stable_ms / 1000)
     checker.start()
     time.sleep(1.0)
 
