@@ -18,6 +18,9 @@ processes (tests/cluster), one local backend. Phases:
   stay 200 (no 404/503 window); also when status showed observedGeneration
   and Programmed=True at the new generation;
 - delete: done when GET answers 404 on all replicas;
+- outage (`--outage S`): kube-apiserver killed for S seconds, then how soon
+  a new Endpoint routes, and whether Endpoints that were Ready all along got
+  status writes or Events they should not;
 - steady state: once no status has been written for 10 s (first health
   results settle within a probe interval or two), `--steady` seconds with
   nothing changing: status, registry and report writes.
@@ -49,6 +52,7 @@ import cluster_bench as cb  # noqa: E402
 POLL_INTERVAL = 0.01
 STABLE_INTERVAL = 0.05
 CLIENTS = 4
+STALE_SECONDS = 30.0  # the operator's stale horizon in these runs (production)
 QUIET = 10.0  # seconds without a status write before the steady window starts
 TIMEOUT = 30.0
 STABLE = 5
@@ -129,6 +133,8 @@ def main() -> int:
                     help="pause between polls of a changed route, per replica (issue 4's runs: 5)")
     ap.add_argument("--stable-ms", type=float, default=STABLE_INTERVAL * 1000,
                     help="pause between rounds over the stable routes (issue 4's runs: 10)")
+    ap.add_argument("--outage", type=float, default=0.0,
+                    help="at the end, stop kube-apiserver this many seconds (0: skip; the issue's scenario: 20)")
     ap.add_argument("--settle", type=float, default=150.0, help="max seconds to wait for health to settle first")
     ap.add_argument("--edits", type=int, default=40)
     ap.add_argument("--deletes", type=int, default=40)
@@ -146,7 +152,7 @@ def main() -> int:
 
     backend = start_backend()
     try:
-        with cb.cluster(args.replicas, args.report_interval, stale_seconds=30, src=src) as (cp, stack, workdir):
+        with cb.cluster(args.replicas, args.report_interval, stale_seconds=STALE_SECONDS, src=src) as (cp, stack, workdir):
             return run(args, cp, stack, workdir, backend)
     finally:
         stop(backend.proc)
@@ -275,6 +281,8 @@ def run(args, cp, stack, workdir, backend) -> int:
     steady_registry = len(regw.versions) - regs0
     steady_reports = repw.between(s0, s1)
 
+    outage = run_outage(args, cp, stack, custom, poller, epw, create) if args.outage else None
+
     checker.stop()
     poller.close()
     for w in (epw, regw, repw):
@@ -312,7 +320,54 @@ def run(args, cp, stack, workdir, backend) -> int:
     print(f"steady state {s1 - s0:.0f} s: status writes {steady_status}, registry writes {steady_registry}, "
           f"report writes per replica {per_replica} (heartbeat {hb:g} s: at most {int((s1 - s0) / hb) + 1} each)")
     print("CPU during the run (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_pct.items()))
+    if outage is not None:
+        print(f"\n## API server outage ({args.outage:g} s, kube-apiserver SIGKILLed and restarted)\n")
+        for line in outage:
+            print(line)
     return 0 if not failures and not other_bad else 1
+
+
+def run_outage(args, cp, stack, custom, poller, epw, create) -> list[str]:
+    """Kill kube-apiserver for `--outage` seconds; then: how soon a new Endpoint routes,
+    and whether the Endpoints that were Ready all along get status writes or Events."""
+    def programmed_events() -> int:
+        events = _core_api(cp).list_namespaced_event("default", field_selector="reason=Programmed").items
+        return sum(e.count or 1 for e in events)
+
+    existing = [k for k, ready in epw.ready.items() if ready]
+    events_before = programmed_events()
+    log_from = len(stack.operator.log())
+    cp.kill_apiserver()
+    time.sleep(args.outage)
+    cp.start_apiserver()
+    back = time.monotonic()
+    while True:  # the first requests after /readyz can still meet a handler being installed
+        try:
+            t0 = create("after-outage")
+            break
+        except Exception:
+            if time.monotonic() - back > 20:
+                raise
+            time.sleep(0.05)
+    done = poller.wait_all("GET", "/orchestrator/after-outage/x", 200)
+    routed = max(done) - back if None not in done else float("nan")
+    # A wrong conclusion ("every replica is stale") would come within one stale horizon.
+    time.sleep(STALE_SECONDS + 10)
+    rewritten = {k for t, k in epw.status_log if t >= back and k in existing}
+    events_after = programmed_events() - 1  # the new Endpoint's own
+    log = stack.operator.log()[log_from:]
+    return [
+        f"new Endpoint routed on all replicas {routed:.2f} s after the API server answered again "
+        f"(create returned after {t0 - back:.2f} s)",
+        f"Endpoints Ready before the outage whose status was rewritten in the {STALE_SECONDS + 10:g} s after: "
+        f"{len(rewritten)} of {len(existing)}; Programmed Events posted again: {events_after - events_before}",
+        f"operator log during and after: {log.count(chr(10))} lines, {log.count('Traceback')} tracebacks",
+    ]
+
+
+def _core_api(cp):
+    from kubernetes import client
+    return client.CoreV1Api(cp.api_client())
 
 
 def cb_manifest(name: str, url: str, **spec) -> dict:

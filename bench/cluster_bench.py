@@ -288,6 +288,7 @@ class EndpointWatch(threading.Thread):
         self.ready: dict[str, bool] = {}
         self.ready_at: dict[str, float] = {}
         self.status_writes: list[float] = []  # monotonic times of status-changing events
+        self.status_log: list[tuple[float, str]] = []  # (monotonic time, key) of each status write
         self.writes_of: Counter = Counter()  # key -> status writes seen (until it was deleted)
         self.writes_before_ready: dict[str, int] = {}  # key -> status writes up to the first Ready=True
         self.programmed_at: dict[tuple[str, int], float] = {}  # (key, generation) -> first time programmed
@@ -330,6 +331,7 @@ class EndpointWatch(threading.Thread):
                             continue
                         if kind == "MODIFIED" and obj.get("status") != self.status.get(key):
                             self.status_writes.append(now)
+                            self.status_log.append((now, key))
                             self.writes_of[key] += 1
                         self.status[key] = obj.get("status")
                         r = _ready(obj)
