@@ -289,6 +289,7 @@ class EndpointWatch(threading.Thread):
         self.ready_at: dict[str, float] = {}
         self.status_writes: list[float] = []  # monotonic times of status-changing events
         self.status_log: list[tuple[float, str]] = []  # (monotonic time, key) of each status write
+        self.ready_lost: list[tuple[float, str]] = []  # (monotonic time, key): Ready went from True to not True
         self.writes_of: Counter = Counter()  # key -> status writes seen (until it was deleted)
         self.writes_before_ready: dict[str, int] = {}  # key -> status writes up to the first Ready=True
         self.programmed_at: dict[tuple[str, int], float] = {}  # (key, generation) -> first time programmed
@@ -335,6 +336,8 @@ class EndpointWatch(threading.Thread):
                             self.writes_of[key] += 1
                         self.status[key] = obj.get("status")
                         r = _ready(obj)
+                        if self.ready.get(key) and not r:
+                            self.ready_lost.append((now, key))
                         if r and not self.ready.get(key):
                             self.ready_at.setdefault(key, now)
                             self.writes_before_ready.setdefault(key, self.writes_of[key])
