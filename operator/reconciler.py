@@ -248,14 +248,17 @@ class Reconciler:
         """Read kopf's peering object every `peering_seconds`, beside the loop: a pass
         must not wait for that round trip, and a rival is noticed within the period."""
         assert self.peering is not None
+        said = ""
         while True:
             try:
                 await asyncio.to_thread(self.peering.check)
+                said = ""
             except Exception as exc:
                 if is_outage(exc):
                     self.failed(exc)
-                else:
-                    log.exception("reading the peering object failed")
+                elif str(exc) != said:  # a refusal (RBAC?) once per distinct error, not every period
+                    said = str(exc)
+                    log.exception("reading the peering object failed (until it succeeds once, nothing is written)")
             await asyncio.sleep(self.settings.peering_seconds)
 
     async def run(self) -> None:
@@ -266,11 +269,11 @@ class Reconciler:
                 await self._wait()
                 if not self.primed:
                     continue
-                if self.contact.down:
-                    await self._probe()
-                    if self.contact.down:
-                        continue  # nothing can be written; what changed stays marked for later
                 try:
+                    if self.contact.down:
+                        await self._probe()
+                        if self.contact.down:
+                            continue  # nothing can be written; what changed stays marked for later
                     await self.reconcile()
                 except Exception as exc:  # keep the loop alive; the next pass retries
                     if is_outage(exc):
