@@ -32,12 +32,16 @@ def ready(stack: Stack, name: str) -> dict:
 
 def test_an_api_server_outage_changes_no_status_and_new_endpoints_route_soon_after(
         stack: Stack, control_plane, backend: Backend) -> None:
-    stack.apply(endpoint_manifest("steady", backend.url, healthCheck=FAST_HEALTH))
-    # Settled before the outage: Ready, health known, its Programmed Event posted.
-    stack.wait_for("steady", health="Healthy", check=lambda o: stack.condition(o, "Ready").get("status") == "True")
-    stack.wait_event("default", "steady", "Programmed")
-    before = stack.get("steady")
-    programmed_events = len([e for e in stack.events("default", "steady") if e["reason"] == "Programmed"])
+    # A name no other test module uses: the control plane is shared by the whole session.
+    stack.apply(endpoint_manifest("held-through-outage", backend.url, healthCheck=FAST_HEALTH))
+    # Settled before the outage: this generation Ready, health known, its Programmed Event posted.
+    stack.wait_for("held-through-outage", health="Healthy",
+                   check=lambda o: stack.condition(o, "Ready").get("status") == "True"
+                   and o["status"].get("observedGeneration") == o["metadata"]["generation"])
+    stack.wait_event("default", "held-through-outage", "Programmed")
+    before = stack.get("held-through-outage")
+    programmed_events = len([e for e in stack.events("default", "held-through-outage")
+                             if e["reason"] == "Programmed"])
     assert stack.operator is not None
     log_start = len(stack.operator.log())
 
@@ -46,14 +50,14 @@ def test_an_api_server_outage_changes_no_status_and_new_endpoints_route_soon_aft
         wait_until(lambda: "API server unreachable" in stack.operator.log()[log_start:], timeout=20,
                    message="the operator notices the outage")
         time.sleep(OUTAGE)  # the outage itself: heartbeats cannot be written meanwhile
-        assert [r.status_code for r in stack.get_all("/orchestrator/steady/x")] == [200, 200]
+        assert [r.status_code for r in stack.get_all("/orchestrator/held-through-outage/x")] == [200, 200]
     finally:
         control_plane.start_apiserver()
     back = time.monotonic()
-    stack.apply(endpoint_manifest("after-outage", backend.url))
-    stack.wait_all("/orchestrator/after-outage/x", lambda r: r.status_code == 200, timeout=30)
+    stack.apply(endpoint_manifest("new-after-outage", backend.url))
+    stack.wait_all("/orchestrator/new-after-outage/x", lambda r: r.status_code == 200, timeout=30)
     print(f"\nnew Endpoint routed {time.monotonic() - back:.2f} s after the API server answered again")
-    ready(stack, "after-outage")
+    ready(stack, "new-after-outage")
 
     # Give a wrong conclusion every chance: a full stale horizon after the return, and a
     # reconcile pass after that (the operator's timer runs one when a replica could turn stale).
@@ -64,10 +68,11 @@ def test_an_api_server_outage_changes_no_status_and_new_endpoints_route_soon_aft
     wait_until(lambda: metric(stack, "orchestrator_operator_reconcile_passes_total") > passes, timeout=20)
     ready(stack, "probe-pass")
 
-    after = stack.get("steady")
+    after = stack.get("held-through-outage")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], \
-        f"steady's status was rewritten: {json.dumps(after['status'])}"
-    assert len([e for e in stack.events("default", "steady") if e["reason"] == "Programmed"]) == programmed_events
+        f"the status was rewritten: {json.dumps(after['status'])}"
+    assert len([e for e in stack.events("default", "held-through-outage")
+                if e["reason"] == "Programmed"]) == programmed_events
 
     log = stack.operator.log()[log_start:]
     assert log.count("API server unreachable") == 1, log
