@@ -6,7 +6,9 @@ as the cluster tests and `make dev` do. Everything here observes the product
 from outside (watches, HTTP, /proc): no product code is changed or imported
 into the measured processes.
 
-Run as a script, this file is a tiny backend for the benchmarks:
+Run as a script, `--kopf-diffbase` measures what kopf's per-event diff-base
+copy costs for the operator's biggest ConfigMaps; `--backend PORT` is a tiny
+backend for the benchmarks:
 
     python bench/cluster_bench.py --backend PORT
 
@@ -261,6 +263,16 @@ def _ready(obj: dict[str, Any]) -> bool:
     return False
 
 
+def _programmed_generation(obj: dict[str, Any]) -> Optional[int]:
+    """The generation that status shows as observed AND programmed (None if not programmed)."""
+    status = obj.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Programmed" and c.get("status") == "True":
+            gen = status.get("observedGeneration")
+            return gen if gen == c.get("observedGeneration") else None
+    return None
+
+
 class EndpointWatch(threading.Thread):
     """Watches endpoints.orchestrator.dev in all namespaces, from outside the operator.
 
@@ -276,6 +288,11 @@ class EndpointWatch(threading.Thread):
         self.ready: dict[str, bool] = {}
         self.ready_at: dict[str, float] = {}
         self.status_writes: list[float] = []  # monotonic times of status-changing events
+        self.status_log: list[tuple[float, str]] = []  # (monotonic time, key) of each status write
+        self.ready_lost: list[tuple[float, str]] = []  # (monotonic time, key): Ready went from True to not True
+        self.writes_of: Counter = Counter()  # key -> status writes seen (until it was deleted)
+        self.writes_before_ready: dict[str, int] = {}  # key -> status writes up to the first Ready=True
+        self.programmed_at: dict[tuple[str, int], float] = {}  # (key, generation) -> first time programmed
         self.events = Counter()
         self.stopped = threading.Event()
         self.synced = threading.Event()
@@ -315,11 +332,19 @@ class EndpointWatch(threading.Thread):
                             continue
                         if kind == "MODIFIED" and obj.get("status") != self.status.get(key):
                             self.status_writes.append(now)
+                            self.status_log.append((now, key))
+                            self.writes_of[key] += 1
                         self.status[key] = obj.get("status")
                         r = _ready(obj)
+                        if self.ready.get(key) and not r:
+                            self.ready_lost.append((now, key))
                         if r and not self.ready.get(key):
-                            self.ready_at[key] = now
+                            self.ready_at.setdefault(key, now)
+                            self.writes_before_ready.setdefault(key, self.writes_of[key])
                         self.ready[key] = r
+                        gen = _programmed_generation(obj)
+                        if gen is not None:
+                            self.programmed_at.setdefault((key, gen), now)
             except Exception as exc:  # 410 Gone or a dropped connection: relist
                 if "410" in str(exc) or "Expired" in str(exc):
                     rv = ""
@@ -337,6 +362,22 @@ class EndpointWatch(threading.Thread):
         self.stopped.set()
 
 
+def watch_configmaps(cp: Any, namespace: str, stopped: threading.Event, handle: Any, **selectors: str) -> None:
+    """Watch ConfigMaps (re-watching after every timeout or error) until `stopped`; `handle(event)` each."""
+    from kubernetes import client, watch
+    core = client.CoreV1Api(cp.api_client())
+    while not stopped.is_set():
+        try:
+            w = watch.Watch()
+            for ev in w.stream(core.list_namespaced_config_map, namespace, timeout_seconds=60, **selectors):
+                if stopped.is_set():
+                    w.stop()
+                    break
+                handle(ev)
+        except Exception:
+            time.sleep(0.5)
+
+
 class RegistryWatch(threading.Thread):
     """Watches the head registry ConfigMap (what the proxies watch) and records
     (monotonic time, revision, shards, resourceVersion) of every version seen."""
@@ -349,28 +390,46 @@ class RegistryWatch(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from kubernetes import client, watch
-        core = client.CoreV1Api(self.cp.api_client())
-        while not self.stopped.is_set():
-            try:
-                w = watch.Watch()
-                for ev in w.stream(core.list_namespaced_config_map, self.namespace,
-                                   field_selector=f"metadata.name={self.name}", timeout_seconds=60):
-                    if self.stopped.is_set():
-                        w.stop()
-                        break
-                    cm = ev["object"]
-                    data = cm.data or {}
-                    with self.lock:
-                        if not self.versions or self.versions[-1][3] != cm.metadata.resource_version:
-                            self.versions.append((time.monotonic(), data.get("revision", ""),
-                                                  int(data.get("shards", "0") or 0), cm.metadata.resource_version))
-            except Exception:
-                time.sleep(0.5)
+        watch_configmaps(self.cp, self.namespace, self.stopped, self._seen, field_selector=f"metadata.name={self.name}")
+
+    def _seen(self, ev: dict[str, Any]) -> None:
+        cm = ev["object"]
+        data = cm.data or {}
+        with self.lock:
+            if not self.versions or self.versions[-1][3] != cm.metadata.resource_version:
+                self.versions.append((time.monotonic(), data.get("revision", ""),
+                                      int(data.get("shards", "0") or 0), cm.metadata.resource_version))
 
     def first_after(self, t0: float) -> Optional[float]:
         with self.lock:
             return next((t for t, *_ in self.versions if t >= t0), None)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class ReportWatch(threading.Thread):
+    """Counts writes of the proxies' report ConfigMaps (heartbeats included), per report."""
+
+    def __init__(self, cp: Any, namespace: str = NAMESPACE, registry: str = REGISTRY) -> None:
+        super().__init__(daemon=True)
+        self.cp, self.namespace, self.registry = cp, namespace, registry
+        self.writes: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        watch_configmaps(self.cp, self.namespace, self.stopped, self._seen,
+                         label_selector=f"orchestrator.dev/report={self.registry}")
+
+    def _seen(self, ev: dict[str, Any]) -> None:
+        if ev["type"] in ("ADDED", "MODIFIED"):
+            with self.lock:
+                self.writes.append((time.monotonic(), ev["object"].metadata.name))
+
+    def between(self, t0: float, t1: float) -> Counter:
+        with self.lock:
+            return Counter(name for t, name in self.writes if t0 <= t < t1)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -436,7 +495,38 @@ def run_backend(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
+# -- kopf's per-event cost ------------------------------------------------------------------
+
+def kopf_diffbase_cost(routes: int = 10_000, rounds: int = 200) -> None:
+    """What kopf's diff-base (a deep copy of every event's body) costs for the biggest
+    ConfigMaps the operator sees: a report listing `routes` routes, a 900 KiB shard."""
+    import kopf
+
+    from orchestrator.core import contract
+    table = {f"svc-{i:05d}": contract.RouteReport("Healthy", "Closed", f"uid-{i:05d}-{'a' * 24}", 1)
+             for i in range(routes)}
+    report = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "r-report-a", "namespace": "ns"},
+              "data": contract.Report("a", 0.0, "rev", table).to_data()}
+    shard = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "r-1", "namespace": "ns"},
+             "data": {"registry.json": "x" * 900_000}}
+    storage = kopf.AnnotationsDiffBaseStorage()
+    for name, raw in ((f"report of {routes:,} routes", report), ("registry shard of 900 KiB", shard)):
+        body = kopf.Body(raw)
+        t = time.perf_counter()
+        for _ in range(rounds):
+            storage.build(body=body)
+        print(f"{name} ({len(json.dumps(raw)) / 1e6:.2f} MB): kopf diff-base "
+              f"{1000 * (time.perf_counter() - t) / rounds:.3f} ms per event")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backend", type=int, required=True, help="run the probe-counting backend on this port")
-    run_backend(parser.parse_args().backend)
+    parser.add_argument("--backend", type=int, help="run the probe-counting backend on this port")
+    parser.add_argument("--kopf-diffbase", action="store_true", help="measure kopf's per-event diff-base copy")
+    parsed = parser.parse_args()
+    if parsed.kopf_diffbase:
+        kopf_diffbase_cost()
+    elif parsed.backend:
+        run_backend(parsed.backend)
+    else:
+        parser.error("--backend PORT or --kopf-diffbase")

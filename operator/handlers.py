@@ -12,17 +12,17 @@ from typing import Any
 import kopf
 
 from orchestrator.operator import login
-from orchestrator.operator.reconciler import OperatorState
+from orchestrator.operator.reconciler import Reconciler
 
 
-def memo_for(operator_state: OperatorState) -> kopf.Memo:
-    # kopf hands each object a *shallow copy* of the memo: the state object must
+def memo_for(reconciler: Reconciler) -> kopf.Memo:
+    # kopf hands each object a *shallow copy* of the memo: the reconciler must
     # sit inside it, or attribute writes would land on a copy.
-    return kopf.Memo(state=operator_state)
+    return kopf.Memo(reconciler=reconciler)
 
 
-def state(memo: kopf.Memo) -> OperatorState:
-    return memo["state"]  # type: ignore[no-any-return]
+def reconciler_of(memo: kopf.Memo) -> Reconciler:
+    return memo["reconciler"]  # type: ignore[no-any-return]
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -33,12 +33,12 @@ def build_registry() -> kopf.OperatorRegistry:
 
     @kopf.on.event("orchestrator.dev", "v1alpha1", "endpoints", registry=registry)
     async def endpoint_seen(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        state(memo).observe_endpoint(event.get("type"), body)
+        reconciler_of(memo).endpoint_event(event.get("type"), body)
 
     # All ConfigMaps: a label filter here would miss the moment a label is taken
-    # off; the state object checks the labels itself.
+    # off; Inputs checks the labels itself.
     @kopf.on.event("", "v1", "configmaps", registry=registry)
     async def configmap_seen(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        state(memo).observe_configmap(event.get("type"), body)
+        reconciler_of(memo).configmap_event(event.get("type"), body)
 
     return registry

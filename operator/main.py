@@ -1,4 +1,5 @@
-"""`orchestrator operator`: prime the state, start the reconcile loop, run kopf."""
+"""`orchestrator operator`: serve /healthz and /metrics, list everything once,
+start the reconcile loop, run kopf."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -22,11 +24,19 @@ from orchestrator.core import contract
 from orchestrator.core.registry import Registry
 from orchestrator.operator.handlers import build_registry, memo_for
 from orchestrator.operator.peering import PeeringGuard
-from orchestrator.operator.reconciler import OperatorState, Settings
-from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer
+from orchestrator.operator.probes import KopfRetryFilter, Probes
+from orchestrator.operator.reconciler import Reconciler, Settings
+from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer, fail_fast, is_outage
 
 log = logging.getLogger("orchestrator.operator")
 PEERING_NAME = "orchestrator"
+# kopf's peering record of this operator expires this long after its last
+# keep-alive (kopf refreshes it 5-10 s before that): a replacement for an operator
+# that died uncleanly takes over within this many seconds, like a client-go Lease.
+PEERING_LIFETIME = 15
+# kopf retries a failed API request after each of these delays (its default,
+# 1, 1, 2, 3, 5, 8, 13, 21 s, left watches down for up to 13 s after an outage).
+ERROR_BACKOFFS = (0.5,) + (1.0,) * 60
 
 
 def load_defaults(path: Optional[str]) -> compiler.model.Defaults:
@@ -45,6 +55,9 @@ def kopf_settings(settings: kopf.OperatorSettings) -> None:
     # The operator names its resources and namespaces exactly: no need to list CRDs or
     # Namespaces (which the chart's RBAC does not grant, and kopf would retry for a minute).
     settings.scanning.disabled = True
+    settings.networking.error_backoffs = ERROR_BACKOFFS
+    settings.peering.lifetime = PEERING_LIFETIME
+    settings.peering.stealth = True
 
 
 @dataclass
@@ -82,18 +95,45 @@ def list_everything(settings: Settings, api: client.ApiClient, namespaces: Optio
     return snap
 
 
-def prime(state: OperatorState, snap: Snapshot) -> None:
+def prime(reconciler: Reconciler, snap: Snapshot, listed_at: float) -> None:
     for item in snap.endpoints:
-        state.observe_endpoint(None, item)
+        reconciler.inputs.observe_endpoint(None, item, reconciler.clock.monotonic())
     for item in snap.configmaps:
-        state.observe_configmap(None, item)
-    state.registry, state.shards_written = snap.registry, snap.shards
-    state.primed = True
+        reconciler.inputs.observe_configmap(None, item)
+    reconciler.inputs.reports_verified_at = listed_at
+    reconciler.written.registry, reconciler.written.shards = snap.registry, snap.shards
+    reconciler.primed = True
+    reconciler.kick()
+
+
+async def list_until_done(reconciler: Reconciler, api: client.ApiClient,
+                          namespaces: Optional[list[str]]) -> Snapshot:
+    """The first listing, retried while the API server is away (one log line, not one per try)."""
+    while True:
+        listed_at = reconciler.clock.wall()
+        try:
+            snap = await asyncio.to_thread(list_everything, reconciler.settings, api, namespaces)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            reconciler.failed(exc)
+            await asyncio.sleep(reconciler.settings.retry_seconds)
+            continue
+        gone = reconciler.contact.back(reconciler.clock.wall())
+        if gone is not None:
+            log.info("API server answers (after %.1f s)", gone)
+        prime(reconciler, snap, listed_at)
+        return snap
 
 
 def run_operator(args: argparse.Namespace) -> int:
     if args.log_level != "debug":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
+        # urllib3 logs each of its own retries: during an outage, several lines a second.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    if not args.liveness_seconds > 0:
+        log.error("--liveness-seconds must be more than 0, not %s", args.liveness_seconds)
+        return 2
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     namespaces: Optional[list[str]] = args.watch_namespace or None
@@ -102,34 +142,38 @@ def run_operator(args: argparse.Namespace) -> int:
     if stale:
         settings.report_stale_seconds = float(stale)
     api = kube.api_client(args.kubeconfig)
-    state = OperatorState(settings=settings, writer=Writer(api, args.namespace, args.registry,
-                                                           owner_configmap=args.owner_configmap))
+    fail_fast(api)
     identity = f"{socket.gethostname()}/{os.getpid()}"
-    state.peering = PeeringGuard(api, PEERING_NAME, identity, namespace=namespaces[0] if namespaces else None)
-    return asyncio.run(_main(state, api, namespaces, args.health_port, identity))
+    peering = PeeringGuard(api, PEERING_NAME, identity, namespace=namespaces[0] if namespaces else None)
+    reconciler = Reconciler(settings, Writer(api, args.namespace, args.registry, owner_configmap=args.owner_configmap),
+                            peering=peering)
+    # kopf's own retries become one line per change of reachability (see probes.KopfRetryFilter).
+    retry_filter = KopfRetryFilter(reconciler.lost_contact)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(retry_filter)
+    return asyncio.run(_main(reconciler, api, namespaces, args.health_port, args.liveness_seconds, identity))
 
 
-async def _main(state: OperatorState, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int,
-                identity: str) -> int:
-    prime(state, await asyncio.to_thread(list_everything, state.settings, api, namespaces))
-    registry = build_registry()
-
-    @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        kopf_settings(settings)
-
-    loop_task = asyncio.create_task(state.run(), name="reconciler")
+async def _main(reconciler: Reconciler, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int,
+                liveness_seconds: float, identity: str) -> int:
+    probes = Probes(reconciler.contact, reconciler.metrics, time.time, liveness_seconds)
+    await probes.start("0.0.0.0", health_port)
+    loop_task = asyncio.create_task(reconciler.run(), name="reconciler")
     try:
+        await list_until_done(reconciler, api, namespaces)
+        settings = kopf.OperatorSettings()
+        kopf_settings(settings)
         await kopf.operator(
-            registry=registry,
-            memo=memo_for(state),
+            registry=build_registry(),
+            settings=settings,
+            memo=memo_for(reconciler),
             clusterwide=namespaces is None,
             namespaces=namespaces or (),
-            liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz",
             identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
             # Given here, not in a startup handler: kopf picks its peering object before those run.
             peering_name=PEERING_NAME,
         )
     finally:
         loop_task.cancel()
+        await probes.stop()
     return 0

@@ -48,6 +48,7 @@ class PeeringGuard:
         self.priority = priority
         self.namespace = namespace  # None: ClusterKopfPeering
         self.rivals: list[str] = []
+        self.checked = False  # read at least once
 
     def check(self) -> list[str]:
         """Blocking: read the peering object; returns (and remembers) the live rivals."""
@@ -58,7 +59,7 @@ class PeeringGuard:
                 obj = self.custom.get_namespaced_custom_object("kopf.dev", "v1", self.namespace, "kopfpeerings", self.name)
         except ApiException as exc:
             if exc.status == 404:  # no peering object: kopf runs standalone, so do we
-                self.rivals = []
+                self.rivals, self.checked = [], True
                 return self.rivals
             raise
         rivals = live_rivals(obj.get("status"), self.identity, self.priority, datetime.datetime.now(datetime.timezone.utc))
@@ -67,5 +68,5 @@ class PeeringGuard:
                 log.warning("another operator is running (%s): pausing writes until it is gone", ", ".join(rivals))
             else:
                 log.info("no other operator is running: resuming")
-        self.rivals = rivals
+        self.rivals, self.checked = rivals, True
         return rivals

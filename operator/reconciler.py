@@ -1,11 +1,14 @@
-"""The operator's one reconcile loop: watched objects in, registry and status out.
+"""The operator's loop: watch events in, plans out, plans carried out.
 
-kopf handlers only record what the watches saw (`observe_*`) and `kick()`
-this loop. Each pass compiles everything (a pure function), writes the
-registry if its revision changed, then patches the status of the Endpoints
-whose status would look different, and posts Events for transitions. Bursts
-of changes are coalesced by a short debounce, so 100 applies cost a handful
-of registry writes, not 100.
+kopf handlers call `endpoint_event` / `configmap_event`, which record the
+object in `Inputs` and wake the loop. The loop runs the pure pass
+(`plan.Pass`) and carries out its plan: the registry first (it is what routes
+traffic), then source Events, then status patches handed to `StatusQueue`,
+which writes beside the loop so thousands of patches never hold up the next
+registry write. Debounce is leading-edge: the first change of a quiet period
+is handled at once, a burst coalesces behind it.
+
+Everything that reads the time goes through the injected `Clock`.
 """
 
 from __future__ import annotations
@@ -13,19 +16,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Protocol
 
-from orchestrator.core import contract
-from orchestrator.core.compile import (CompileCache, Compiled, ConfigMapObject, EndpointObject, Key, ObjectMeta,
-                                       compile_registry)
 from orchestrator.core.model import Defaults
-from orchestrator.core.registry import Registry
-from orchestrator.operator import status as status_logic
+from orchestrator.operator.metrics import OperatorMetrics
+from orchestrator.operator.freshness import Contact, FreshnessRule
+from orchestrator.operator.inputs import Inputs
 from orchestrator.operator.peering import PeeringGuard
-from orchestrator.operator.writer import Writer, involved, now_rfc3339
+from orchestrator.operator.plan import Changes, Event, Now, Pass, Plan, StatusPatch, Written
+from orchestrator.operator.writer import Writer, is_outage, no_answer
 
 log = logging.getLogger("orchestrator.operator")
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+
+def reading(clock: Clock) -> Now:
+    return Now(clock.monotonic(), clock.wall())
 
 
 @dataclass
@@ -35,225 +57,303 @@ class Settings:
     defaults: Defaults
     debounce_seconds: float = 0.05
     report_stale_seconds: float = 30.0
-    resync_seconds: float = 5.0  # re-evaluate report freshness at least this often
+    hold_seconds: float = 1.0  # see plan.Pass.hold_seconds
+    status_workers: int = 8  # status patches in flight
+    retry_seconds: float = 1.0  # after a failed write, and between probes while the API server is away
+    peering_seconds: float = 2.0  # how often the peering object is read (a rival pauses writes within this)
 
 
-def _meta(body: Mapping[str, Any]) -> ObjectMeta:
-    m = body.get("metadata", {})
-    return ObjectMeta(namespace=m.get("namespace", ""), name=m.get("name", ""), uid=m.get("uid", ""),
-                      generation=int(m.get("generation") or 0), created=m.get("creationTimestamp") or "")
+class Debounce:
+    """Leading-edge debounce: run at once after a quiet `window`, else at the window's end."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.last = float("-inf")
+
+    def delay(self, now: float) -> float:
+        return max(0.0, self.last + self.window - now)
+
+    def ran(self, now: float) -> None:
+        self.last = now
 
 
-@dataclass
-class _EndpointSeen:
-    obj: EndpointObject
-    status: Optional[dict[str, Any]]
-    body_meta: dict[str, Any]
+class StatusQueue:
+    """Status patches keyed by Endpoint uid, latest wins, a few written at once; the
+    Events of a transition once its patch has landed, after any waiting patch (in a
+    burst, Ready=True on the next Endpoint matters more than the news about this one).
+
+    A patch that fails because the API server is away is put back (unless a newer
+    one for the same Endpoint arrived meanwhile) and retried."""
+
+    def __init__(self, writer: Writer, workers: int, outage: Callable[[BaseException], None],
+                 retry_seconds: float, metrics: OperatorMetrics) -> None:
+        self.writer = writer
+        self.metrics = metrics
+        self.workers = workers
+        self.outage = outage
+        self.retry_seconds = retry_seconds
+        self.pending: "OrderedDict[str, StatusPatch]" = OrderedDict()
+        self.events: deque[tuple[dict[str, str], Event]] = deque()
+        self.in_flight = 0
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="status")
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"status-{i}") for i in range(self.workers)]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def put(self, patch: StatusPatch) -> None:
+        older = self.pending.pop(patch.uid, None)
+        self.pending[patch.uid] = older.superseded_by(patch) if older is not None else patch
+        self._changed()
+
+    def size(self) -> int:
+        return len(self.pending) + self.in_flight
+
+    def _changed(self) -> None:
+        self.metrics.status_pending.set(self.size())
+        if self.pending or self.events:
+            self._ready.set()
+
+    async def _work(self) -> None:
+        while True:
+            await self._ready.wait()
+            if self.pending:
+                _, patch = self.pending.popitem(last=False)
+                await self._patch(patch)
+            elif self.events:
+                await self._event(*self.events.popleft())
+            else:
+                self._ready.clear()
+
+    async def _patch(self, patch: StatusPatch) -> None:
+        self.in_flight += 1
+        self._changed()
+        try:
+            ns, name = patch.key
+            landed = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.writer.patch_status, ns, name, patch.desired)
+            self.metrics.status_writes.labels("ok" if landed else "gone").inc()
+            if landed:
+                self.events.extend((patch.involved, event) for event in patch.events)
+        except Exception as exc:
+            self.metrics.status_writes.labels("failed").inc()
+            if is_outage(exc):
+                self.outage(exc)
+                if patch.uid not in self.pending:
+                    self.pending[patch.uid] = patch
+                await asyncio.sleep(self.retry_seconds)
+            else:  # a rejected patch is a bug to see, not to retry in a loop
+                log.exception("status patch of %s/%s failed", *patch.key)
+        finally:
+            self.in_flight -= 1
+            self._changed()
+
+    async def _event(self, involved: dict[str, str], event: Event) -> None:
+        etype, reason, message = event
+        ok = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self.writer.event, involved, etype, reason, message)
+        self.metrics.events.labels("ok" if ok else "failed").inc()
 
 
-@dataclass
-class OperatorState:
-    """Everything the operator knows; the kopf memo object holds one."""
+class Reconciler:
+    """Owns the inputs, what was written, and the loop that connects them."""
 
-    settings: Settings
-    writer: Optional[Writer] = None
-    endpoints: dict[Key, _EndpointSeen] = field(default_factory=dict)
-    sources: dict[Key, ConfigMapObject] = field(default_factory=dict)
-    source_meta: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    reports: dict[str, contract.Report] = field(default_factory=dict)
-    _report_texts: dict[str, str] = field(default_factory=dict)  # as last read, to skip re-parsing
-    registry: Optional[Registry] = None  # as last written (or found at start)
-    shards_written: int = 0
-    status_written: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> status we patched
-    source_problems: dict[Key, tuple[str, ...]] = field(default_factory=dict)
-    writes: dict[str, int] = field(default_factory=lambda: {"registry": 0, "status": 0, "events": 0})
-    _kick: asyncio.Event = field(default_factory=asyncio.Event)
-    primed: bool = False  # no writes until the initial listing is complete
-    # Only Endpoint and source changes need a compile; a report only moves status.
-    _dirty_inputs: bool = True
-    _compiled: Optional[Compiled] = None
-    _compile_cache: CompileCache = field(default_factory=CompileCache)
-    peering: Optional[PeeringGuard] = None
-    _status_due: bool = False
-    _fresh_at_last_pass: frozenset[str] = frozenset()
-    _status_task: Optional["asyncio.Task[None]"] = None
+    def __init__(self, settings: Settings, writer: Writer, clock: Optional[Clock] = None,
+                 peering: Optional[PeeringGuard] = None, metrics: Optional[OperatorMetrics] = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or OperatorMetrics()
+        self.writer = writer
+        self.clock = clock or SystemClock()
+        self.peering = peering
+        self.inputs = Inputs(settings.namespace, settings.registry_name)
+        self.written = Written()
+        self.contact = Contact()
+        self.pass_ = Pass(settings.defaults, FreshnessRule(settings.report_stale_seconds), settings.hold_seconds)
+        self.debounce = Debounce(settings.debounce_seconds)
+        self.statuses = StatusQueue(writer, settings.status_workers, self.failed, settings.retry_seconds,
+                                    self.metrics)
+        self.primed = False  # no pass until the initial listing is in
+        self._kick = asyncio.Event()
+        self._wake_at: Optional[float] = None
 
-    # -- what the watches saw ----------------------------------------------
-    def observe_endpoint(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
-        meta = _meta(body)
-        log.debug("Endpoint %s/%s generation %d: %s", meta.namespace, meta.name, meta.generation, event_type or "listed")
-        if event_type == "DELETED":
-            self.endpoints.pop(meta.key, None)
-            self._dirty_inputs = True
-        else:
-            before = self.endpoints.get(meta.key)
-            seen = _EndpointSeen(EndpointObject(meta, dict(body.get("spec") or {})),
-                                 dict(body.get("status") or {}) or None, dict(body.get("metadata") or {}))
-            self.endpoints[meta.key] = seen
-            # Our own status patches come back as MODIFIED: they change nothing to compile.
-            if before is None or before.obj != seen.obj:
-                self._dirty_inputs = True
-        self.kick()
-
-    def observe_configmap(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
-        meta = _meta(body)
-        labels = body.get("metadata", {}).get("labels") or {}
-        gone = event_type == "DELETED"
-        if not gone and labels.get(contract.SOURCE_LABEL) == "true":
-            text = (body.get("data") or {}).get(contract.SOURCE_KEY)
-            self.sources[meta.key] = ConfigMapObject(meta, text)
-            self.source_meta[meta.key] = dict(body.get("metadata") or {})
-            self._dirty_inputs = True
+    # -- what the watches saw ----------------------------------------------------
+    def endpoint_event(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
+        self._heard()
+        uid = (body.get("metadata") or {}).get("uid", "")
+        if self.inputs.observe_endpoint(event_type, body, self.clock.monotonic(), self.written.statuses.get(uid)):
             self.kick()
-        elif meta.key in self.sources:  # deleted, or the label was taken off
-            del self.sources[meta.key]
-            self.source_meta.pop(meta.key, None)
-            self._dirty_inputs = True
+
+    def configmap_event(self, event_type: Optional[str], body: Mapping[str, Any]) -> None:
+        self._heard()
+        if self.inputs.observe_configmap(event_type, body):
             self.kick()
-        if meta.namespace == self.settings.namespace and labels.get(contract.REPORT_LABEL) == self.settings.registry_name:
-            before = self.reports.pop(meta.name, None)
-            before_text = self._report_texts.pop(meta.name, None)
-            if not gone:
-                data = body.get("data") or {}
-                try:
-                    self.reports[meta.name] = contract.Report.from_data(data, before, before_text)
-                    self._report_texts[meta.name] = data[contract.REPORT_KEY]
-                except (KeyError, ValueError, TypeError) as exc:
-                    log.warning("ignoring unreadable report %s: %s", meta.name, exc)
-            after = self.reports.get(meta.name)
-            # A heartbeat alone changes nothing visible; the periodic pass checks freshness.
-            if before is None or after is None or before.content() != after.content():
-                self.kick()
+
+    def _heard(self) -> None:
+        gone = self.contact.event(self.clock.wall())
+        if gone is not None:
+            self._back(gone)
 
     def kick(self) -> None:
         self._kick.set()
 
-    # -- the loop -------------------------------------------------------------
-    async def run(self) -> None:
-        while True:
-            kicked = True
-            try:
-                await asyncio.wait_for(self._kick.wait(), timeout=self.settings.resync_seconds)
-                await asyncio.sleep(self.settings.debounce_seconds)  # let a burst settle
-            except asyncio.TimeoutError:
-                kicked = False
-            self._kick.clear()
-            if not self.primed:
-                continue
-            try:
-                if self.peering is not None and await asyncio.to_thread(self.peering.check):
-                    continue  # frozen: another operator is alive
-                # The timer only matters when a report went stale: otherwise a pass over
-                # every Endpoint would find nothing to do (at 10,000 that is real CPU).
-                fresh = frozenset(r.replica for r in self.fresh_reports())
-                if not kicked and fresh == self._fresh_at_last_pass and self._compiled is not None:
-                    continue
-                self._fresh_at_last_pass = fresh
-                await self.reconcile()
-            except Exception:  # keep the loop alive; the next pass retries everything
-                log.exception("reconcile failed; retrying")
-                await asyncio.sleep(1.0)
-                self.kick()
+    # -- the API server's comings and goings ---------------------------------------
+    def failed(self, exc: BaseException) -> None:
+        """A call failed in a way worth retrying: no answer at all is an outage; an
+        answer such as 503 while the API server starts is only a reason to try again."""
+        if no_answer(exc):
+            self.lost_contact(exc)
+        else:
+            log.debug("API server busy (%s); retrying", exc)
 
-    def compile(self) -> Compiled:
-        return compile_registry(
-            (seen.obj for seen in self.endpoints.values()),
-            self.sources.values(),
-            self.settings.defaults,
-            self.registry,
-            self._compile_cache,
-        )
+    def lost_contact(self, reason: object) -> None:
+        """Something failed to reach the API server: one line when that is news."""
+        text = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+        if self.contact.lost(self.clock.wall(), str(text)[:120]):
+            self.metrics.watch_restarts.inc()
+            self.metrics.api_reachable.set(0)
+            log.warning("API server unreachable (%s); retrying every %g s, writes wait, replicas keep their status",
+                        self.contact.reason, self.settings.retry_seconds)
+            self.kick()
+
+    def _back(self, gone: float) -> None:
+        self.metrics.api_reachable.set(1)
+        log.info("API server answers again (away %.1f s); replicas get %g s to report before any counts as gone",
+                 gone, self.settings.report_stale_seconds)
+        self.kick()
+
+    async def _probe(self) -> None:
+        """While the API server is away: try to list the reports. Success means it is
+        back (storage included, which /version would not prove), and the listing is
+        the freshest word on every replica."""
+        at = self.clock.wall()
+        try:
+            items = await asyncio.to_thread(self.writer.list_reports)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return
+        self.inputs.replace_reports(items, at)
+        gone = self.contact.back(self.clock.wall())
+        if gone is not None:
+            self._back(gone)
+
+    # -- the loop --------------------------------------------------------------------
+    async def watch_peers(self) -> None:
+        """Read kopf's peering object every `peering_seconds`, beside the loop: a pass
+        must not wait for that round trip, and a rival is noticed within the period."""
+        assert self.peering is not None
+        said = ""
+        while True:
+            try:
+                await asyncio.to_thread(self.peering.check)
+                said = ""
+            except Exception as exc:
+                if is_outage(exc):
+                    self.failed(exc)
+                elif str(exc) != said:  # a refusal (RBAC?) once per distinct error, not every period
+                    said = str(exc)
+                    log.exception("reading the peering object failed (until it succeeds once, nothing is written)")
+            await asyncio.sleep(self.settings.peering_seconds)
+
+    async def run(self) -> None:
+        self.statuses.start()
+        peers = asyncio.create_task(self.watch_peers(), name="peers") if self.peering is not None else None
+        try:
+            while True:
+                await self._wait()
+                if not self.primed:
+                    continue
+                try:
+                    if self.contact.down:
+                        await self._probe()
+                        if self.contact.down:
+                            continue  # nothing can be written; what changed stays marked for later
+                    await self.reconcile()
+                except Exception as exc:  # keep the loop alive; the next pass retries
+                    if is_outage(exc):
+                        self.failed(exc)
+                    else:
+                        log.exception("reconcile failed; retrying")
+                    self._wake_at = self.clock.monotonic() + self.settings.retry_seconds
+        finally:
+            if peers is not None:
+                peers.cancel()
+            self.statuses.stop()
+
+    async def _wait(self) -> None:
+        now = self.clock.monotonic()
+        wake = self._wake_at
+        if self.contact.down:
+            wake = min(wake or float("inf"), now + self.settings.retry_seconds)
+        timeout = None if wake is None else max(0.0, wake - now)
+        try:
+            await asyncio.wait_for(self._kick.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            pass
+        delay = self.debounce.delay(self.clock.monotonic())
+        if delay > 0:
+            await asyncio.sleep(delay)  # a burst: let it settle behind the pass that just ran
+        self._kick.clear()
+        self.debounce.ran(self.clock.monotonic())
 
     async def reconcile(self) -> None:
-        assert self.writer is not None
-        if self._dirty_inputs or self._compiled is None:
-            self._dirty_inputs = False
-            self._compiled = self.compile()
-            log.debug("compiled %d endpoints, %d sources: revision %s", len(self.endpoints), len(self.sources),
-                      self._compiled.registry.revision)
-        compiled = self._compiled
-        registry = compiled.registry
-        if self.registry is None or registry.revision != self.registry.revision:
-            self.shards_written = await asyncio.to_thread(self.writer.write_registry, registry, self.shards_written)
-            self.writes["registry"] += 1
-            log.info("registry revision %s written: %d routes in %d shard(s)",
-                     registry.revision, len(registry.routes), self.shards_written)
-            self.registry = registry
-        await self._report_sources(compiled)
-        # Status writes run beside the loop: a burst of them (thousands after a
-        # restart, or many replicas reporting) must not hold up the next registry write.
-        self._status_due = True
-        if self._status_task is None or self._status_task.done():
-            self._status_task = asyncio.create_task(self._status_writer(), name="status-writer")
+        # Frozen while a rival is alive, and until the peering object has been read once:
+        # write nothing, forget nothing (what changed stays marked in the inputs).
+        if self.peering is not None and (not self.peering.checked or self.peering.rivals):
+            self._wake_at = self.clock.monotonic() + self.settings.retry_seconds
+            return
+        compile_dirty, keys, routes = self.inputs.take_dirty()
+        changes = Changes(compile_dirty, keys, routes)
+        started = time.perf_counter()
+        plan = self.pass_.run(self.inputs, changes, self.written, self.contact, reading(self.clock))
+        took = time.perf_counter() - started
+        self.metrics.pass_seconds.observe(took)
+        self.metrics.passes.inc()
+        log.debug("pass: compile=%s, %d Endpoint(s) evaluated, %d status patch(es), registry %s, %.1f ms",
+                  changes.compile, plan.evaluated, len(plan.statuses),
+                  "unchanged" if plan.registry is None else plan.registry.revision, took * 1000)
+        await self.carry_out(plan, changes)
 
-    async def _status_writer(self) -> None:
-        while self._status_due:
-            self._status_due = False
-            assert self._compiled is not None
+    def _restore(self, changes: Changes) -> None:
+        self.inputs.compile_dirty |= changes.compile
+        self.inputs.dirty_keys |= changes.keys
+        self.inputs.dirty_routes |= changes.routes
+
+    async def carry_out(self, plan: Plan, changes: Changes) -> None:
+        written = self.written
+        if plan.registry is not None:
             try:
-                await self._update_statuses(self._compiled)
+                written.shards = await asyncio.to_thread(self.writer.write_registry, plan.registry, written.shards)
             except Exception:
-                log.exception("status update failed; retrying")
-                await asyncio.sleep(1.0)
-                self._status_due = True
+                self.metrics.registry_writes.labels("failed").inc()
+                self._restore(changes)
+                raise
+            self.metrics.registry_writes.labels("ok").inc()
+            log.info("registry revision %s written: %d routes in %d shard(s)",
+                     plan.registry.revision, len(plan.registry.routes), written.shards)
+        for event in plan.source_events:
+            ok = await asyncio.to_thread(self.writer.event, event.involved, event.type, event.reason, event.message)
+            self.metrics.events.labels("ok" if ok else "failed").inc()
+        if plan.fresh != written.fresh:
+            if written.fresh is not None:
+                log.info("proxy replicas reporting: %s", ", ".join(sorted(plan.fresh)) or "none")
+            self.metrics.replicas_reporting.set(len(plan.fresh))
+        written.record(plan, {seen.obj.meta.uid for seen in self.inputs.endpoints.values()})
+        for patch in plan.statuses:
+            self.statuses.put(patch)
+        self._wake_at = plan.wake_at
+        if plan.verify_reports and not self.contact.down:
+            await self.verify_reports()
 
-    def fresh_reports(self) -> list[contract.Report]:
-        horizon = time.time() - self.settings.report_stale_seconds
-        return [r for r in self.reports.values() if r.heartbeat >= horizon]
-
-    async def _update_statuses(self, compiled: Compiled) -> None:
-        reports = self.fresh_reports()
-        now = now_rfc3339()
-        changes = []
-        for key, seen in list(self.endpoints.items()):
-            verdict = compiled.endpoints.get(key)
-            if verdict is None:
-                continue
-            meta = seen.obj.meta
-            agg = status_logic.aggregate(reports, verdict.route, meta.uid, verdict.serving_generation,
-                                         bool(seen.obj.spec.get("disabled", False)))
-            current = self.status_written.get(meta.uid) or seen.status
-            desired = status_logic.desired_status(verdict, agg, meta.generation, current, now)
-            if not status_logic.same_status(desired, current):
-                changes.append((seen, current, desired))
-        # A few writes in flight at once: thousands of first statuses should not queue one by one.
-        gate = asyncio.Semaphore(8)
-
-        async def write(seen: _EndpointSeen, current: Optional[dict[str, Any]], desired: dict[str, Any]) -> None:
-            assert self.writer is not None
-            meta = seen.obj.meta
-            async with gate:
-                if not await asyncio.to_thread(self.writer.patch_status, meta.namespace, meta.name, desired):
-                    return
-                self.writes["status"] += 1
-                self.status_written[meta.uid] = desired
-                ref = involved("Endpoint", "orchestrator.dev/v1alpha1", seen.body_meta)
-                for etype, reason, message in status_logic.events_between(current, desired):
-                    self.writes["events"] += 1
-                    await asyncio.to_thread(self.writer.event, ref, etype, reason, message)
-
-        await asyncio.gather(*(write(*change) for change in changes))
-        live = {seen.obj.meta.uid for seen in self.endpoints.values()}
-        for uid in list(self.status_written):
-            if uid not in live:
-                del self.status_written[uid]
-
-    async def _report_sources(self, compiled: Compiled) -> None:
-        """A Warning Event on a ConfigMap source for each new problem (once per change)."""
-        assert self.writer is not None
-        for key, report in compiled.configmaps.items():
-            problems = tuple(report.problems)
-            if problems == self.source_problems.get(key):
-                continue
-            self.source_problems[key] = problems
-            ref = involved("ConfigMap", "v1", self.source_meta.get(key, {"namespace": key[0], "name": key[1]}))
-            for problem in problems:
-                suffix = "; its last good entries keep routing" if report.kept_last_good else ""
-                self.writes["events"] += 1
-                await asyncio.to_thread(self.writer.event, ref, "Warning", "InvalidEntry", f"skipped: {problem}{suffix}")
-            if report.loaded and not problems:
-                await asyncio.to_thread(self.writer.event, ref, "Normal", "Loaded",
-                                        f"{len(report.loaded)} entries routing: {', '.join(report.loaded[:20])}")
-        for key in list(self.source_problems):
-            if key not in compiled.configmaps:
-                del self.source_problems[key]
+    async def verify_reports(self) -> None:
+        """A replica looks stale: list the reports before concluding anything."""
+        at = self.clock.wall()
+        items = await asyncio.to_thread(self.writer.list_reports)
+        self.inputs.replace_reports(items, at)
+        self.kick()

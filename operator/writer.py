@@ -1,6 +1,9 @@
-"""The operator's writes to the API server: registry, Endpoint status, Events.
+"""The operator's calls to the API server that are not watches: registry,
+Endpoint status, Events, and the one read a plan may need (the reports,
+re-listed before a replica is declared gone, and to tell when the API server
+is back).
 
-Blocking client calls; the reconciler runs them in a thread.
+Blocking client calls; the reconciler runs them in threads.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import datetime
 import logging
 from typing import Any, Mapping, Optional
 
+import urllib3.exceptions
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -20,8 +24,26 @@ log = logging.getLogger("orchestrator.operator")
 GROUP, VERSION, PLURAL = "orchestrator.dev", "v1alpha1", "endpoints"
 
 
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def is_outage(exc: BaseException) -> bool:
+    """The API server is away or overloaded (worth a retry), as opposed to a refusal."""
+    if isinstance(exc, ApiException):
+        return exc.status in (0, 429) or exc.status >= 500
+    return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+def no_answer(exc: BaseException) -> bool:
+    """The API server did not answer at all (as opposed to answering 429/5xx while it starts)."""
+    return is_outage(exc) and not (isinstance(exc, ApiException) and exc.status != 0)
+
+
+def fail_fast(api: client.ApiClient) -> None:
+    """Retry only connection failures inside a call, and never sleep on a Retry-After
+    header: a kube-apiserver that is starting answers 503 with "Retry-After: 5", and
+    urllib3 would hold the reconcile loop that long. The loop retries on its own
+    schedule instead."""
+    retries = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
+                            respect_retry_after_header=False)
+    api.rest_client.pool_manager.connection_pool_kw["retries"] = retries
 
 
 class Writer:
@@ -94,8 +116,14 @@ class Writer:
                 return False
             raise
 
-    def event(self, involved: Mapping[str, str], etype: str, reason: str, message: str) -> None:
-        """Post a core/v1 Event about an object (failures are logged, never fatal)."""
+    def list_reports(self) -> list[dict[str, Any]]:
+        """The proxies' report ConfigMaps as plain dicts (what a watch would deliver)."""
+        items = self.core.list_namespaced_config_map(
+            self.namespace, label_selector=f"{contract.REPORT_LABEL}={self.registry_name}", _request_timeout=10).items
+        return [self.core.api_client.sanitize_for_serialization(cm) for cm in items]
+
+    def event(self, involved: Mapping[str, str], etype: str, reason: str, message: str) -> bool:
+        """Post a core/v1 Event about an object; False if it failed (logged, never fatal)."""
         now = datetime.datetime.now(datetime.timezone.utc)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{involved['name']}.", namespace=involved["namespace"]),
@@ -109,11 +137,9 @@ class Writer:
         )
         try:
             self.core.create_namespaced_event(involved["namespace"], body)
-        except ApiException as exc:
-            log.warning("could not post event %s on %s/%s: %s", reason, involved["namespace"], involved["name"], exc.reason)
-
-
-def involved(kind: str, api_version: str, meta: Mapping[str, Any]) -> dict[str, str]:
-    return {"kind": kind, "apiVersion": api_version, "namespace": meta.get("namespace", ""),
-            "name": meta.get("name", ""), "uid": meta.get("uid", "")}
+            return True
+        except (ApiException, urllib3.exceptions.HTTPError) as exc:
+            log.warning("could not post event %s on %s/%s: %s", reason, involved["namespace"], involved["name"],
+                        getattr(exc, "reason", None) or type(exc).__name__)
+            return False
 

@@ -136,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a ConfigMap in --namespace that owns the registry ConfigMaps, so they go with it "
                          "(the Helm chart passes its defaults ConfigMap: `helm uninstall` then removes them)")
     op.add_argument("--log-level", type=_log_level, default=os.environ.get("LOG_LEVEL", "info"))
-    op.add_argument("--health-port", type=_port, default=os.environ.get("HEALTH_PORT", "8080"))
+    op.add_argument("--health-port", type=_port, default=os.environ.get("HEALTH_PORT", "8080"),
+                    help="port of /healthz (liveness) and /metrics")
+    op.add_argument("--liveness-seconds", type=float, default=os.environ.get("LIVENESS_SECONDS", "60"),
+                    help="/healthz fails once the API server has been unreachable and the watches silent this long")
     return parser
 
 

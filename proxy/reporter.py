@@ -2,8 +2,10 @@
 
 Written when something changes (batched: at most one write per
 `min_interval`) and as a heartbeat every `heartbeat` seconds, so the operator
-can tell a live replica from a dead one. Owned by the replica's Pod when it
-has one, so the garbage collector removes it with the Pod.
+can tell a live replica from a dead one. A newly loaded registry revision is
+reported at once, without the batch window: it is what turns a new Endpoint
+Ready. Owned by the replica's Pod when it has one, so the garbage collector
+removes it with the Pod.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Reporter:
         self._dirty = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
         self._last_content: object = None
+        self._last_revision: Optional[str] = None
 
     async def start(self) -> None:
         self.state.subscribe(self._dirty.set)
@@ -66,8 +69,12 @@ class Reporter:
                 await asyncio.wait_for(self._dirty.wait(), timeout=self.heartbeat)
             except asyncio.TimeoutError:
                 pass
-            # Batch: whatever else changes within min_interval goes into the same write.
-            wait = self.min_interval - (time.monotonic() - last_write)
+            # Batch: whatever else changes within min_interval goes into the same write,
+            # except a new registry revision, which the operator is waiting for.
+            # (A floor of 0.1 s still bounds the writes while a burst of applies goes on.)
+            new_revision = self.state.ready and self.state.registry.revision != self._last_revision
+            window = min(self.min_interval, 0.1) if new_revision else self.min_interval
+            wait = window - (time.monotonic() - last_write)
             if wait > 0:
                 await asyncio.sleep(wait)
             self._dirty.clear()
@@ -80,13 +87,19 @@ class Reporter:
             try:
                 await asyncio.to_thread(self._write, report)
                 self._last_content = report.content()
+                self._last_revision = report.revision
                 self.writes += 1
+                if self.last_error is not None:
+                    log.info("report %s written again", self.name)
                 self.last_error = None
                 last_write = time.monotonic()
             except Exception as exc:  # API server away: try again on the next tick
+                if self.last_error is None:  # one line when it starts failing, not one per try
+                    log.warning("could not write report %s (retrying every second): %s: %s", self.name,
+                                type(exc).__name__, str(exc)[:200])
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                log.warning("could not write report %s: %s", self.name, self.last_error)
                 await asyncio.sleep(1.0)
+                self._dirty.set()  # retry at once, not after a heartbeat interval
 
     def _write(self, report: contract.Report) -> None:
         owners = None

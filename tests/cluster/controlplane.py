@@ -172,6 +172,15 @@ class ControlPlane:
             if self._own_dir and not self._keep_dir:
                 shutil.rmtree(self.cluster_dir, ignore_errors=True)
 
+    def kill_apiserver(self) -> None:
+        """An outage: SIGKILL kube-apiserver (etcd and everything else keep running)."""
+        _run([CLUSTER_SCRIPT, "apiserver-kill"], env=self._script_env(), timeout=60)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again after `kill_apiserver` (same flags, port and
+        certificates) and wait until it answers /readyz."""
+        _run([CLUSTER_SCRIPT, "apiserver-start"], env=self._script_env(), timeout=180)
+
     def __enter__(self) -> "ControlPlane":
         return self.start()
 

@@ -4,9 +4,6 @@ as local processes, real backends on 127.0.0.1 (DESIGN.md "Data flow")."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -198,14 +195,13 @@ def test_operator_restart_converges_to_what_exists(stack: Stack, backend: Backen
 def test_proxies_keep_routing_while_the_api_server_is_down(stack: Stack, control_plane, backend: Backend) -> None:
     stack.apply(endpoint_manifest("static", backend.url))
     stack.wait_all("/orchestrator/static/x", lambda r: r.status_code == 200)
-    apiserver = ApiServer(control_plane)
-    apiserver.stop()
+    control_plane.kill_apiserver()
     try:
         for _ in range(5):
             assert [r.status_code for r in stack.get_all("/orchestrator/static/x")] == [200, 200]
             time.sleep(0.3)
     finally:
-        apiserver.start()
+        control_plane.start_apiserver()
     stack.apply(endpoint_manifest("after-outage", backend.url))
     stack.wait_all("/orchestrator/after-outage/x", lambda r: r.status_code == 200, timeout=40)
 
@@ -248,43 +244,6 @@ def test_route_churn_costs_nothing_elsewhere(stack: Stack, backend: Backend) -> 
         thread.join()
     assert calls[0] > 50
     assert failures == []
-
-
-class ApiServer:
-    """Stop and start the test control plane's kube-apiserver in place (same
-    flags, ports and certificates), as an outage would."""
-
-    def __init__(self, control_plane) -> None:
-        self.run = Path(control_plane.cluster_dir) / "run"
-        self.pidfile = self.run / "kube-apiserver.pid"
-        pid = int(self.pidfile.read_text())
-        self.argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        self.pid = pid
-        self.server = control_plane.server
-        self.ca = control_plane.ca_file
-
-    def stop(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)  # an outage, not a graceful shutdown
-        wait_until(self._gone, timeout=20, message="kube-apiserver gone")
-
-    def _gone(self) -> bool:
-        try:
-            return "\tZ" in Path(f"/proc/{self.pid}/status").read_text().split("State:")[1][:4]
-        except (FileNotFoundError, IndexError):
-            return True
-
-    def start(self) -> None:
-        with open(self.run / "apiserver.restarted.log", "ab") as log:
-            proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pidfile.write_text(str(proc.pid))
-        wait_until(lambda: self._ready(), timeout=60, interval=0.3, message="kube-apiserver ready again")
-
-    def _ready(self) -> bool:
-        try:
-            tls = ssl.create_default_context(cafile=str(self.ca))
-            return httpx.get(f"{self.server}/readyz", verify=tls, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 def test_an_accidental_second_operator_freezes_both(stack: Stack, backend: Backend) -> None:

@@ -7,6 +7,8 @@
 #   cluster.sh down   stop what `up` started (by PID) and delete etcd's data
 #   cluster.sh env    print `export KUBECONFIG=... PATH=...` (eval it)
 #   cluster.sh status exit 0 if the apiserver answers /readyz
+#   cluster.sh apiserver-kill   SIGKILL kube-apiserver (an outage; etcd keeps the data)
+#   cluster.sh apiserver-start  start it again with the same flags, wait for /readyz
 #
 # env: CLUSTER_DIR        state dir (default <repo>/.cluster); `up` writes
 #                         $CLUSTER_DIR/kubeconfig and $CLUSTER_DIR/run/*
@@ -21,6 +23,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 BIN="${CONTROLPLANE_BIN:-$ROOT/.cluster/bin}"
+# Resolved: `alive` compares it with /proc/PID/exe, which is always the real path
+# (with a symlinked bin dir, as in a git worktree, `down` stopped nothing).
+BIN="$(cd "$BIN" 2>/dev/null && pwd -P || echo "$BIN")"
 DIR="${CLUSTER_DIR:-$ROOT/.cluster}"
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
@@ -315,6 +320,36 @@ status() {
   echo "ready: $SERVER"
 }
 
+# An API server outage, for tests of what clients do meanwhile. The flags are
+# read back from the running process, so `up` need not know about this.
+apiserver_kill() {
+  alive kube-apiserver || die "kube-apiserver is not running in $DIR"
+  local pid
+  pid="$(cat "$RUN/kube-apiserver.pid")"
+  cp "/proc/$pid/cmdline" "$RUN/kube-apiserver.cmdline"
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null && [[ "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" != Z ]]; do
+    sleep 0.02
+  done
+  rm -f "$RUN/kube-apiserver.pid"
+  log "kube-apiserver killed"
+}
+
+apiserver_start() {
+  alive kube-apiserver && die "kube-apiserver is already running in $DIR"
+  [[ -f "$RUN/kube-apiserver.cmdline" ]] || die "no saved kube-apiserver flags (apiserver-kill first)"
+  local args=() token
+  mapfile -d '' -t args <"$RUN/kube-apiserver.cmdline"
+  # The log of the first run stays; the restarted one appends.
+  mv -f "$RUN/kube-apiserver.log" "$RUN/kube-apiserver.before-restart.log" 2>/dev/null || true
+  start kube-apiserver "${args[@]:1}"
+  SERVER="$(sed -n 's/^SERVER=//p' "$RUN/env")"
+  token="$(awk -F, '$2 == "admin" {print $1}' "$RUN/pki/tokens.csv")"
+  wait_for "apiserver /readyz" kube-apiserver \
+    curl -fsS --cacert "$RUN/pki/apiserver.crt" -H "Authorization: Bearer $token" "$SERVER/readyz"
+  log "kube-apiserver ready again: $SERVER"
+}
+
 # up and down of one CLUSTER_DIR never interleave (a `down` racing a
 # half-done `up` would miss PIDs not yet written and orphan servers).
 lock() {
@@ -327,8 +362,10 @@ up) lock && up ;;
 down) lock && down ;;
 env) env_cmd ;;
 status) status ;;
+apiserver-kill) lock && apiserver_kill ;;
+apiserver-start) lock && apiserver_start ;;
 *)
-  echo "usage: $0 up|down|env|status" >&2
+  echo "usage: $0 up|down|env|status|apiserver-kill|apiserver-start" >&2
   exit 2
   ;;
 esac
