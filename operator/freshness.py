@@ -84,8 +84,11 @@ class FreshnessRule:
         verify = False
         next_check: Optional[float] = None
         for name, report in zip(names, reports):
-            # Silence counts only from when the replica could have written again.
-            alive_at = max(report.heartbeat, contact.up_since)
+            # Silence counts only from when the replica could have written again, for
+            # the replicas that counted when contact was lost: a replica that was
+            # already dead then is not brought back by the outage.
+            grace = contact.up_since if previous is None or name in previous else float("-inf")
+            alive_at = max(report.heartbeat, grace)
             stale_at = alive_at + self.horizon
             if now < stale_at:
                 fresh.add(name)

@@ -302,6 +302,24 @@ def test_an_api_server_outage_is_not_evidence_that_replicas_died() -> None:
     assert w.contact.outages == 1
 
 
+def test_a_replica_dead_before_the_outage_is_not_brought_back_by_it() -> None:
+    w = _two_programmed()
+    w.advance(HORIZON + 1)
+    w.report("r0", loaded("pay"))
+    w.inputs.replace_reports([w.report("r0", loaded("pay")), w.report("r1", loaded("pay"), heartbeat=T0)],
+                             verified_at=w.wall)
+    (patch,) = w.run().statuses  # r1 went silent and was dropped
+    assert cond(patch.desired, "Programmed")["message"] == "loaded on 1 of 1 proxy replicas"
+    w.contact.lost(w.wall, "connection refused")
+    w.advance(20)
+    w.contact.back(w.wall)
+    w.report("r0", loaded("pay"))
+    plan = w.run()
+    assert contract.report_name(REGISTRY, "r1") not in plan.fresh
+    assert contract.report_name(REGISTRY, "r0") in plan.fresh
+    assert plan.statuses == []  # nothing visible changed: nothing is rewritten
+
+
 def test_replicas_that_stay_silent_after_the_outage_do_drop_out() -> None:
     w = _two_programmed()
     w.contact.lost(w.wall, "connection refused")
