@@ -49,8 +49,8 @@ def _number(kind: type, minimum: float) -> Any:
     return parse
 
 
-def _server_flags(parser: argparse.ArgumentParser, default_port: int, admin_port: Optional[int]) -> None:
-    """The listener flags both proxy modes share; `admin_port` None: no admin listener unless asked."""
+def _server_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """The listener flags both proxy modes share."""
     from orchestrator.proxy.http_server import Limits
     from orchestrator.proxy.server import Lifecycle
 
@@ -63,11 +63,11 @@ def _server_flags(parser: argparse.ArgumentParser, default_port: int, admin_port
     parser.add_argument("--access-log", action="store_true", default=_env_bool("ACCESS_LOG"),
                         help="log every request (env ACCESS_LOG; off by default: it costs throughput)")
     admin = parser.add_argument_group("admin API (README: Security)")
-    admin.add_argument("--admin-host", default=env("ORCHESTRATOR_ADMIN_HOST", "0.0.0.0" if admin_port else "127.0.0.1"),
+    admin.add_argument("--admin-host", default=env("ORCHESTRATOR_ADMIN_HOST", "127.0.0.1"),
                        help="address of the separate admin listener (env ORCHESTRATOR_ADMIN_HOST)")
-    admin.add_argument("--admin-port", type=_port, default=env("ORCHESTRATOR_ADMIN_PORT", admin_port),
+    admin.add_argument("--admin-port", type=_port, default=env("ORCHESTRATOR_ADMIN_PORT"),
                        help="serve the admin API and /metrics on this port instead of the traffic port "
-                            f"(env ORCHESTRATOR_ADMIN_PORT; default {admin_port or 'none: one port'})")
+                            "(env ORCHESTRATOR_ADMIN_PORT; default none: one port)")
     admin.add_argument("--admin-token", default=env("ORCHESTRATOR_ADMIN_TOKEN"),
                        help="bearer token that opens the admin API to non-loopback callers "
                             "(env ORCHESTRATOR_ADMIN_TOKEN; default none: loopback only)")
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _standalone_flags(standalone)
 
     proxy = sub.add_parser("proxy", help="run the proxy in cluster mode, serving the operator's compiled registry")
-    _server_flags(proxy, 8000, admin_port=None)
+    _server_flags(proxy, 8000)
     proxy.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig file (default: in-cluster config)")
     proxy.add_argument("--namespace", default=os.environ.get("ORCHESTRATOR_NAMESPACE", "orchestrator-system"),
                        help="namespace of the registry ConfigMaps")
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _standalone_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=os.environ.get("CONFIG_PATH", "config/config.yaml"),
                         help="config file (env CONFIG_PATH; default config/config.yaml, created with a sample if missing)")
-    _server_flags(parser, 8000, admin_port=None)
+    _server_flags(parser, 8000)
     parser.add_argument("--reload", action="store_true", default=_env_bool("RELOAD"),
                         help="restart when the code changes (development; env RELOAD)")
 

@@ -15,7 +15,7 @@ import json
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import h11
 
@@ -93,27 +93,11 @@ class StrictBackend:
         sock.settimeout(30)
         try:
             while True:
-                request: Optional[h11.Request] = None
-                body = b""
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = sock.recv(65536)
-                        if not data:
-                            if conn.their_state not in (h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
-                                self._error(f"conn {number}: closed mid-request in state {conn.their_state}")
-                            return
-                        conn.receive_data(data)
-                        continue
-                    if isinstance(event, h11.Request):
-                        request = event
-                    elif isinstance(event, h11.Data):
-                        body += bytes(event.data)
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    elif isinstance(event, h11.ConnectionClosed):
-                        return
-                assert request is not None
+                message = read_message(conn, sock)  # a close mid-request raises RemoteProtocolError
+                if message is None:
+                    return
+                request, body = message
+                assert isinstance(request, h11.Request)
                 seen = Seen(number, request.method.decode(), request.target.decode("latin-1"),
                             [(k.decode().lower(), v.decode("latin-1")) for k, v in request.headers], body, sock)
                 with self._lock:
@@ -140,6 +124,26 @@ class StrictBackend:
     def _error(self, message: str) -> None:
         with self._lock:
             self.errors.append(message)
+
+
+def read_message(conn: h11.Connection, sock: socket.socket) -> Optional[tuple[Union[h11.Request, h11.Response], bytes]]:
+    """The next whole message h11 parses off `sock` (interim 1xx skipped): its head
+    and body; None once the peer closed between messages."""
+    head: Optional[Union[h11.Request, h11.Response]] = None
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(sock.recv(65536))  # b"" tells h11 the peer closed
+        elif isinstance(event, (h11.Request, h11.Response)):
+            head = event
+        elif isinstance(event, h11.Data):
+            body += bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            assert head is not None
+            return head, body
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
 
 
 @dataclass
@@ -172,28 +176,11 @@ def exchange(port: int, data: bytes, expect: int = 1, timeout: float = 10.0) -> 
         for _ in range(expect):
             conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
             conn.send(h11.EndOfMessage())
-            response: Optional[h11.Response] = None
-            body = b""
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    chunk = sock.recv(65536)
-                    conn.receive_data(chunk)
-                    if not chunk:
-                        closed = True
-                    continue
-                if isinstance(event, h11.InformationalResponse):
-                    continue
-                if isinstance(event, h11.Response):
-                    response = event
-                elif isinstance(event, h11.Data):
-                    body += bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    closed = True
-                    return answers, closed
-            assert response is not None
+            message = read_message(conn, sock)
+            if message is None:
+                return answers, True
+            response, body = message
+            assert isinstance(response, h11.Response)
             headers: dict[str, list[str]] = {}
             for k, v in response.headers:
                 headers.setdefault(k.decode().lower(), []).append(v.decode("latin-1"))
