@@ -46,7 +46,7 @@ def forbidden_lines(log: str) -> list[str]:
     """403s in a process log, except kopf's discovery of CRDs and Namespaces, which the
     chart deliberately does not grant (kopf falls back; see the chart README)."""
     return [line for line in log.splitlines()
-            if re.search(r"Forbidden|(?<![\d:])403(?!\d)", line)  # not a port such as :47403
+            if re.search(r"Forbidden|(?<![\d:,.])403(?!\d)", line)  # not a port (:47403) nor a log time's milliseconds (,403)
             and not re.search(r"customresourcedefinitions|/api/v1/namespaces\b(?!/)|list namespaces|"
                               r"watch for (resources|namespaces)", line)]
 
