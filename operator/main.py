@@ -3,7 +3,6 @@ start the reconcile loop, run kopf."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -26,6 +25,7 @@ from orchestrator.operator.handlers import build_registry, memo_for
 from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.probes import KopfRetryFilter, Probes
 from orchestrator.operator.reconciler import Reconciler, Settings
+from orchestrator.settings import OperatorSettings
 from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer, fail_fast, is_outage
 
 log = logging.getLogger("orchestrator.operator")
@@ -126,32 +126,30 @@ async def list_until_done(reconciler: Reconciler, api: client.ApiClient,
         return snap
 
 
-def run_operator(args: argparse.Namespace) -> int:
-    if args.log_level != "debug":
+def run_operator(options: OperatorSettings) -> int:
+    if options.log_level != "debug":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
         # urllib3 logs each of its own retries: during an outage, several lines a second.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    if not args.liveness_seconds > 0:
-        log.error("--liveness-seconds must be more than 0, not %s", args.liveness_seconds)
-        return 2
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
-    namespaces: Optional[list[str]] = args.watch_namespace or None
-    settings = Settings(namespace=args.namespace, registry_name=args.registry, defaults=load_defaults(args.defaults))
-    stale = os.environ.get("ORCHESTRATOR_REPORT_STALE_SECONDS")
-    if stale:
-        settings.report_stale_seconds = float(stale)
-    api = kube.api_client(args.kubeconfig)
+    if options.kubeconfig:
+        # kopf's login_with_kubeconfig reads only the environment (operator/login.py).
+        os.environ["KUBECONFIG"] = options.kubeconfig
+    namespaces: Optional[list[str]] = options.watch_namespace or None
+    settings = Settings(namespace=options.namespace, registry_name=options.registry,
+                        defaults=load_defaults(options.defaults), report_stale_seconds=options.report_stale_seconds,
+                        status_workers=options.status_workers, debounce_seconds=options.debounce_seconds,
+                        hold_seconds=options.hold_seconds)
+    api = kube.api_client(options.kubeconfig)
     fail_fast(api)
     identity = f"{socket.gethostname()}/{os.getpid()}"
     peering = PeeringGuard(api, PEERING_NAME, identity, namespace=namespaces[0] if namespaces else None)
-    reconciler = Reconciler(settings, Writer(api, args.namespace, args.registry, owner_configmap=args.owner_configmap),
-                            peering=peering)
+    writer = Writer(api, options.namespace, options.registry, owner_configmap=options.owner_configmap)
+    reconciler = Reconciler(settings, writer, peering=peering)
     # kopf's own retries become one line per change of reachability (see probes.KopfRetryFilter).
     retry_filter = KopfRetryFilter(reconciler.lost_contact)
     for handler in logging.getLogger().handlers:
         handler.addFilter(retry_filter)
-    return asyncio.run(_main(reconciler, api, namespaces, args.health_port, args.liveness_seconds, identity))
+    return asyncio.run(_main(reconciler, api, namespaces, options.health_port, options.liveness_seconds, identity))
 
 
 async def _main(reconciler: Reconciler, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int,

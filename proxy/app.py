@@ -25,6 +25,7 @@ from orchestrator.proxy.api import config_api, health_api, registry_api, router_
 from orchestrator.proxy.api.common import ApiError
 from orchestrator.proxy.forwarder import PREFIX, Forwarder, Receive, Scope, Send
 from orchestrator.proxy.state import AppState
+from orchestrator.settings import ServeSettings
 from orchestrator.version import __version__
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def create_admin_app(state: AppState) -> FastAPI:
 
 
 @contextlib.asynccontextmanager
-async def start_runtime(state: AppState) -> AsyncIterator[None]:
+async def start_runtime(state: AppState, settings: ServeSettings) -> AsyncIterator[None]:
     """The I/O that lives as long as the server: upstream pool and session, source, health checks."""
     import asyncio
 
@@ -88,7 +89,8 @@ async def start_runtime(state: AppState) -> AsyncIterator[None]:
 
     # The data plane's upstream client (proxy/upstream.py); aiohttp's session
     # below serves the health checks and /router/test, off the hot path.
-    state.upstream = Pool(allow_link_local=state.allow_link_local)
+    state.upstream = Pool(max_idle_per_origin=settings.upstream_max_idle, idle_timeout=settings.upstream_idle_timeout,
+                          allow_link_local=settings.allow_link_local)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30)
     # DummyCookieJar: the proxy must never keep one caller's cookies for another.
     state.session = aiohttp.ClientSession(
@@ -116,12 +118,14 @@ class Gateway:
     """The outermost ASGI app of one listener: dispatch on the path prefix, guard the admin API."""
 
     def __init__(self, state: AppState, policy: Policy, admin: Optional[FastAPI] = None,
-                 forwarder: Optional[Forwarder] = None, admin_max_body: int = DEFAULT_ADMIN_MAX_BODY) -> None:
+                 forwarder: Optional[Any] = None, admin_max_body: int = DEFAULT_ADMIN_MAX_BODY,
+                 settings: Optional[ServeSettings] = None) -> None:
         self.state = state
         self.policy = policy
         self.admin = admin or create_admin_app(state)
-        self.forwarder = forwarder or Forwarder(state)
+        self.forwarder = forwarder or Forwarder(state)  # or the forwarder wrapped in the access log
         self.admin_max_body = admin_max_body
+        self.settings = settings  # only for the lifespan (uvicorn --reload); proxy/server.py starts the runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -201,7 +205,7 @@ class Gateway:
         """Only under `uvicorn --reload` (development): proxy/server.py starts the runtime otherwise."""
         await receive()  # lifespan.startup
         try:
-            async with start_runtime(self.state):
+            async with start_runtime(self.state, self.settings or ServeSettings()):
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
         except Exception as exc:  # a source that cannot start: say so, as uvicorn expects

@@ -7,7 +7,6 @@ are refused with 409: the operator owns the registry.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 from typing import Any
@@ -16,6 +15,7 @@ from orchestrator import kube
 from orchestrator.proxy.registry_watch import RegistryWatcher
 from orchestrator.proxy.reporter import Reporter
 from orchestrator.proxy.state import AppState
+from orchestrator.settings import ProxySettings
 
 
 class ClusterSource:
@@ -49,14 +49,16 @@ class ClusterSource:
         }
 
 
-def build(args: argparse.Namespace) -> AppState:
-    state = AppState(mode="cluster")
-    api = kube.api_client(args.kubeconfig)
-    replica = args.pod_name or args.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+def build(settings: ProxySettings) -> AppState:
+    state = AppState(mode="cluster", allow_link_local=settings.allow_link_local,
+                     health_check_concurrency=settings.health_check_concurrency)
+    api = kube.api_client(settings.kubeconfig)
+    replica = settings.pod_name or settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     reporter = Reporter(
-        state, api, args.namespace, args.registry, replica,
-        pod_name=args.pod_name, pod_uid=os.environ.get("POD_UID"),
-        heartbeat=float(os.environ.get("ORCHESTRATOR_REPORT_INTERVAL", "10")),
+        state, api, settings.namespace, settings.registry, replica,
+        pod_name=settings.pod_name, pod_uid=settings.pod_uid,
+        heartbeat=settings.report_interval, min_interval=settings.report_min_interval,
     )
-    state.source = ClusterSource(RegistryWatcher(state, api, args.namespace, args.registry), reporter)
+    watcher = RegistryWatcher(state, api, settings.namespace, settings.registry, watch_timeout=settings.watch_timeout)
+    state.source = ClusterSource(watcher, reporter)
     return state

@@ -34,6 +34,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from orchestrator.core.failures import TABLE, Failure, error_body
+from orchestrator.settings import ServeSettings
 
 SCOPE_LINK = "orchestrator.caller"
 """Scope key of the request's `CallerLink`."""
@@ -41,14 +42,20 @@ SCOPE_LINK = "orchestrator.caller"
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-connection bounds; every one is a flag (see orchestrator/cli.py)."""
+    """Per-connection bounds; each is a knob in orchestrator/settings.py, whose defaults
+    follow nginx (request line 8 KiB) and Envoy (headers 60 KiB, 100 lines)."""
 
-    max_request_line: int = 8 * 1024  # bytes of the request target (nginx: 8 KiB)
-    max_header_bytes: int = 64 * 1024  # bytes of all header lines (Envoy: 60 KiB)
-    max_headers: int = 100  # header lines (Envoy's default)
-    head_timeout: float = 10.0  # seconds to receive a complete request head
-    keepalive_timeout: float = 60.0  # seconds an idle kept-alive connection stays open
-    max_connections: int = 0  # 0: derived from the file-descriptor limit
+    max_request_line: int  # bytes of the request target
+    max_header_bytes: int  # bytes of all header lines
+    max_headers: int  # header lines
+    head_timeout: float  # seconds to receive a complete request head
+    keepalive_timeout: float  # seconds an idle kept-alive connection stays open
+    max_connections: int  # 0: derived from the file-descriptor limit
+
+    @classmethod
+    def of(cls, settings: ServeSettings) -> "Limits":
+        return cls(settings.max_request_line, settings.max_header_bytes, settings.max_headers,
+                   settings.head_timeout, settings.keepalive_timeout, settings.max_connections)
 
 
 def default_max_connections() -> int:
@@ -131,7 +138,7 @@ class _Refuse(Exception):
 class BoundedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above. Subclassed per server by `protocol_for`."""
 
-    limits: Limits = Limits()
+    limits: Limits  # set by protocol_for
     drain: Drain = Drain()
     max_connections: int = 10_000
 
@@ -295,8 +302,9 @@ class BoundedProtocol(HttpToolsProtocol):
         super().shutdown()
 
 
-def protocol_for(limits: Limits, drain: Drain) -> type[BoundedProtocol]:
+def protocol_for(settings: ServeSettings, drain: Drain) -> type[BoundedProtocol]:
     """A protocol class bound to one server's limits (uvicorn instantiates it per connection)."""
+    limits = Limits.of(settings)
     cap = limits.max_connections or default_max_connections()
     return type("BoundedProtocol", (BoundedProtocol,), {"limits": limits, "drain": drain, "max_connections": cap})
 

@@ -23,8 +23,10 @@ log = logging.getLogger("orchestrator.registry")
 
 
 class RegistryWatcher:
-    def __init__(self, state: AppState, api: client.ApiClient, namespace: str, name: str) -> None:
+    def __init__(self, state: AppState, api: client.ApiClient, namespace: str, name: str,
+                 watch_timeout: int = 60) -> None:
         self.state = state
+        self.watch_timeout = watch_timeout
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.name = name
@@ -61,8 +63,8 @@ class RegistryWatcher:
                 stream = watch.Watch().stream(
                     self.core.list_namespaced_config_map, self.namespace,
                     field_selector=f"metadata.name={self.name}",
-                    timeout_seconds=60,  # server side: end the watch and start a fresh one
-                    _request_timeout=(5, 90),  # client side: a silent connection is dropped
+                    timeout_seconds=self.watch_timeout,  # server side: end the watch and start a fresh one
+                    _request_timeout=(5, self.watch_timeout + 30),  # client side: a silent connection is dropped
                 )
                 self.connected = True
                 for event in stream:

@@ -26,9 +26,11 @@ from typing import Any, Iterator, Optional
 import uvicorn
 
 from orchestrator.core.admin_access import Policy
+from orchestrator.proxy.access_log import AccessLogged
 from orchestrator.proxy.app import Gateway, build_apps, start_runtime
-from orchestrator.proxy.http_server import Drain, Limits, protocol_for, raise_fd_limit
+from orchestrator.proxy.http_server import Drain, protocol_for, raise_fd_limit
 from orchestrator.proxy.state import AppState
+from orchestrator.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,6 @@ class Listener:
     policy: Policy
 
 
-@dataclass(frozen=True)
-class Lifecycle:
-    drain_seconds: float = 5.0  # keep serving after SIGTERM, answering Connection: close
-    grace_seconds: float = 20.0  # then wait at most this long for in-flight requests
-
-
 class _Server(uvicorn.Server):
     """One listener; signals are handled by `serve` for all listeners together."""
 
@@ -54,28 +50,29 @@ class _Server(uvicorn.Server):
         yield
 
 
-def uvicorn_config(app: Any, host: str, port: int, protocol: type, log_level: str, access_log: bool,
-                   limits: Limits, lifecycle: Lifecycle, **extra: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, host: str, port: int, protocol: type, log_level: str, settings: ServeSettings,
+                   **extra: Any) -> uvicorn.Config:
     # proxy_headers=False: uvicorn would otherwise trust X-Forwarded-For/-Proto from
     # 127.0.0.1 and replace the peer address with a value the caller chose; the
     # gateway must see the real peer so it can append it to X-Forwarded-For.
     # ws="none": the proxy relays no protocol switch (see http_server.py).
+    # access_log=False: the gateway writes its own (proxy/access_log.py), with the route and timings.
+    # log_config=None: logging is set up once by orchestrator/logs.py (text or JSON).
     return uvicorn.Config(
         app, host=host, port=port, http=protocol, ws="none", loop="uvloop", log_level=log_level,
-        access_log=access_log, server_header=False, date_header=False, proxy_headers=False,
-        timeout_keep_alive=int(max(1, limits.keepalive_timeout)),
-        timeout_graceful_shutdown=int(max(1, lifecycle.grace_seconds)), **extra)
+        access_log=False, log_config=None, server_header=False, date_header=False, proxy_headers=False,
+        timeout_keep_alive=int(max(1, settings.keepalive_timeout)),
+        timeout_graceful_shutdown=int(max(1, settings.grace_seconds)), **extra)
 
 
-async def serve(state: AppState, listeners: list[Listener], limits: Limits, lifecycle: Lifecycle,
-                log_level: str, access_log: bool, admin_max_body: int) -> None:
+async def serve(state: AppState, listeners: list[Listener], settings: ServeSettings, log_level: str) -> None:
     drain = Drain()
-    protocol = protocol_for(limits, drain)
+    protocol = protocol_for(settings, drain)
     admin, forwarder = build_apps(state)
+    traffic: Any = AccessLogged(forwarder) if settings.access_log else forwarder
     servers = [
-        _Server(uvicorn_config(Gateway(state, item.policy, admin, forwarder, admin_max_body),
-                               item.host, item.port, protocol, log_level, access_log, limits, lifecycle,
-                               lifespan="off"))
+        _Server(uvicorn_config(Gateway(state, item.policy, admin, traffic, settings.admin_max_body),
+                               item.host, item.port, protocol, log_level, settings, lifespan="off"))
         for item in listeners
     ]
     loop = asyncio.get_running_loop()
@@ -86,13 +83,13 @@ async def serve(state: AppState, listeners: list[Listener], limits: Limits, life
             server.should_exit = True
 
     async def drain_then_stop() -> None:
-        log.info("SIGTERM: draining for %gs (readyz 503, Connection: close), then stopping", lifecycle.drain_seconds)
-        await asyncio.sleep(lifecycle.drain_seconds)
+        log.info("SIGTERM: draining for %gs (readyz 503, Connection: close), then stopping", settings.drain_seconds)
+        await asyncio.sleep(settings.drain_seconds)
         stop_now()
 
     def on_signal(sig: signal.Signals) -> None:
         nonlocal stopping
-        if sig is signal.SIGTERM and stopping is None and lifecycle.drain_seconds > 0:
+        if sig is signal.SIGTERM and stopping is None and settings.drain_seconds > 0:
             state.draining = True
             drain.begin()
             for server in servers:
@@ -106,16 +103,15 @@ async def serve(state: AppState, listeners: list[Listener], limits: Limits, life
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    async with start_runtime(state):
+    async with start_runtime(state, settings):
         await asyncio.gather(*(server.serve() for server in servers))
     if stopping is not None:
         stopping.cancel()
 
 
-def run(state: AppState, listeners: list[Listener], limits: Limits, lifecycle: Lifecycle, log_level: str,
-        access_log: bool, admin_max_body: int) -> int:
+def run(state: AppState, listeners: list[Listener], settings: ServeSettings, log_level: str) -> int:
     raise_fd_limit()
     import uvloop
 
-    uvloop.run(serve(state, listeners, limits, lifecycle, log_level, access_log, admin_max_body))
+    uvloop.run(serve(state, listeners, settings, log_level))
     return 0

@@ -26,7 +26,8 @@ Listener = Callable[[], None]
 
 
 class AppState:
-    def __init__(self, mode: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, mode: str, clock: Callable[[], float] = time.monotonic, allow_link_local: bool = False,
+                 health_check_concurrency: int = 32) -> None:
         self.mode = mode  # "standalone" or "cluster"
         self.started_at = time.time()
         self.clock = clock
@@ -35,10 +36,11 @@ class AppState:
         self.registry = Registry.build([])
         self.registry_loaded_at: Optional[float] = None
         self.ready = False  # True once a registry has been loaded
-        self.allow_link_local = False  # the SSRF guard's opt-out (--allow-link-local)
+        self.allow_link_local = allow_link_local  # the SSRF guard's opt-out (--allow-link-local)
         self.draining = False  # SIGTERM arrived: /readyz says 503 so traffic moves elsewhere
         self.statuses: dict[str, str] = {}  # admin status overrides (standalone)
-        self.health = HealthMonitor(self.metrics, clock=clock, on_change=lambda target, h: self.notify())
+        self.health = HealthMonitor(self.metrics, concurrency=health_check_concurrency, clock=clock,
+                                    on_change=lambda target, h: self.notify())
         self.session: Optional[aiohttp.ClientSession] = None  # health checks, /router/test
         self.upstream: Any = None  # the data plane's upstream.Pool, created in the lifespan
         self.source: Any = None  # StandaloneSource or ClusterSource

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,13 +10,15 @@ import sys
 import httpx
 import pytest
 
-from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop, wait_ready
+from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop, wait_ready, wait_until
 
 from orchestrator.core.config_file import SAMPLE_CONFIG
 
 pytestmark = pytest.mark.timeout(60)
 
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST", "CONFIG_PATH", "LOG_LEVEL", "RELOAD")}
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if k not in ("PORT", "HOST", "CONFIG_PATH", "LOG_LEVEL", "RELOAD", "ACCESS_LOG")
+             and not k.startswith("ORCHESTRATOR_")}
 
 
 def run(args, cwd, env=None):
@@ -101,3 +104,41 @@ def test_unreadable_config_is_a_clear_error(tmp_path):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode != 0 and b"dir.yaml" in out
     assert b"Traceback" not in out, out
+
+
+def test_bad_environment_value_is_one_line_naming_the_knob(tmp_path):
+    proc = run([], cwd=tmp_path, env={"ORCHESTRATOR_HEAD_TIMEOUT": "soon"})
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2, out
+    assert b"--head-timeout (env ORCHESTRATOR_HEAD_TIMEOUT)" in out and b"Traceback" not in out
+    assert len(out.strip().splitlines()) == 1, out
+
+
+def test_json_access_log_has_one_line_per_call(tmp_path, backend):
+    config = tmp_path / "c.yaml"
+    config.write_text(config_yaml([endpoint("svc", f"{backend.url}/api")], health={"enabled": False}))
+    port = free_port()
+    proc = run(["--config", str(config), "--port", str(port), "--host", "127.0.0.1", "--access-log",
+                "--log-format", "json"], cwd=tmp_path)
+    output = drain(proc)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, output)
+        r = httpx.get(f"http://127.0.0.1:{port}/orchestrator/svc/thing?secret=1", headers={"x-request-id": "req-42"})
+        assert r.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/orchestrator/nope/x").status_code == 404
+
+        def access_lines():
+            lines = [json.loads(line) for line in b"".join(output).decode().splitlines() if line.startswith("{")]
+            return [e for e in lines if e["logger"] == "orchestrator.proxy.access_log"]
+        entries = wait_until(lambda: access_lines() if len(access_lines()) >= 2 else None, message="two access lines")
+    finally:
+        stop(proc)
+    ok, missing = entries
+    assert ok["request_id"] == "req-42" and ok["route"] == "svc" and ok["method"] == "GET"
+    assert ok["status"] == 200 and ok["bytes"] == len(r.content) and ok["path"] == "/orchestrator/svc/thing"
+    assert ok["upstream_ms"] > 0 and ok["duration_ms"] >= ok["upstream_ms"]
+    assert "secret" not in json.dumps(ok)  # the query string is not logged
+    assert missing["route"] == "nope" and missing["status"] == 404
+    # every line the process wrote is JSON (uvicorn's and ours)
+    text = b"".join(output).decode()
+    assert all(line.startswith("{") for line in text.splitlines() if line.strip()), text
