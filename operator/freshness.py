@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 
 from orchestrator.core.contract import Report
 
-log = logging.getLogger("orchestrator.operator")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from orchestrator.core import contract
 from orchestrator.core.compile import ConfigMapObject, EndpointObject, Key, ObjectMeta
 from orchestrator.operator.status import same_status
 
-log = logging.getLogger("orchestrator.operator")
+log = logging.getLogger(__name__)
 
 
 def object_meta(body: Mapping[str, Any]) -> ObjectMeta:

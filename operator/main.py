@@ -28,7 +28,7 @@ from orchestrator.operator.reconciler import Reconciler, Settings
 from orchestrator.settings import OperatorSettings
 from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer, fail_fast, is_outage
 
-log = logging.getLogger("orchestrator.operator")
+log = logging.getLogger(__name__)
 PEERING_NAME = "orchestrator"
 # kopf's peering record of this operator expires this long after its last
 # keep-alive (kopf refreshes it 5-10 s before that): a replacement for an operator

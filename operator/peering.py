@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-log = logging.getLogger("orchestrator.operator")
+log = logging.getLogger(__name__)
 
 
 def live_rivals(status: Optional[Mapping[str, Any]], me: str, my_priority: int,

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator.operator.freshness import Contact
 from orchestrator.operator.metrics import OperatorMetrics
 
-log = logging.getLogger("orchestrator.operator")
+log = logging.getLogger(__name__)
 
 
 def alive(contact: Contact, now: float, bound: float) -> bool:

@@ -29,7 +29,7 @@ from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.plan import Changes, Event, Now, Pass, Plan, StatusPatch, Written
 from orchestrator.operator.writer import Writer, is_outage, no_answer
 
-log = logging.getLogger("orchestrator.operator")
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):

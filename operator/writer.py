@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from orchestrator.core import contract
 from orchestrator.core.registry import Registry, encode_shards
 
-log = logging.getLogger("orchestrator.operator")
+log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "orchestrator.dev", "v1alpha1", "endpoints"
 

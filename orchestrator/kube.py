@@ -18,7 +18,7 @@ from orchestrator.core import contract
 from orchestrator.core.registry import Registry, decode_shards
 from orchestrator.serviceaccount import ServiceAccount, TokenFile
 
-log = logging.getLogger("orchestrator.kube")
+log = logging.getLogger(__name__)
 
 
 def api_client(kubeconfig: Optional[str]) -> client.ApiClient:

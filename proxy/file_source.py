@@ -20,7 +20,7 @@ from orchestrator.core.model import Route, Source
 from orchestrator.core.registry import Registry
 from orchestrator.proxy.state import AppState
 
-log = logging.getLogger("orchestrator.config")
+log = logging.getLogger(__name__)
 
 
 @dataclass

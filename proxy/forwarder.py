@@ -23,7 +23,7 @@ from orchestrator.proxy.metrics import UNKNOWN_ROUTE
 from orchestrator.proxy.route_table import RouteRuntime
 from orchestrator.proxy.upstream import IDEMPOTENT, BodyMismatch, Pool, Response, UpstreamError
 
-log = logging.getLogger("orchestrator.proxy")
+log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

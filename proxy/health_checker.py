@@ -20,7 +20,7 @@ from orchestrator.core.health import Health, HealthTracker, ProbeScheduler
 from orchestrator.proxy.metrics import Metrics
 from orchestrator.proxy.route_table import RouteRuntime, RouteTable
 
-log = logging.getLogger("orchestrator.health")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

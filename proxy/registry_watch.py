@@ -19,7 +19,7 @@ from kubernetes import client, watch
 from orchestrator import kube
 from orchestrator.proxy.state import AppState
 
-log = logging.getLogger("orchestrator.registry")
+log = logging.getLogger(__name__)
 
 
 class RegistryWatcher:

@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from orchestrator.core import contract
 from orchestrator.proxy.state import AppState
 
-log = logging.getLogger("orchestrator.report")
+log = logging.getLogger(__name__)
 
 
 class Reporter:

@@ -20,7 +20,7 @@ from orchestrator.proxy.health_checker import HealthMonitor
 from orchestrator.proxy.metrics import Metrics
 from orchestrator.proxy.route_table import RouteRuntime, RouteTable, breaker_factory, build_table
 
-log = logging.getLogger("orchestrator.proxy")
+log = logging.getLogger(__name__)
 
 Listener = Callable[[], None]
 
