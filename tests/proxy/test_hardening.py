@@ -5,7 +5,7 @@ smuggling through `Connection` options and framing, Host, hostile backends
 (lengths, codings, status codes, heads, extra bytes), bounded resources
 (request line, header block while it arrives, head timeout, connection cap),
 a caller who hangs up, disguised paths, and backend URL validation. The
-property-based tier in tests/adversarial/ generates many more of each.
+property-based tier in test_adversarial.py generates many more of each.
 """
 
 from __future__ import annotations
