@@ -310,7 +310,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="which targets to run (default all: direct,nginx,seed-style,ours; "
                         "also available: ours-accesslog)")
     p.add_argument("--access-log", action="store_true",
-                   help="also run our proxy with --access-log (log level info, log to a file) as 'ours-accesslog'")
+                   help="also run our proxy with --access-log (text lines to a file; all else as 'ours') as 'ours-accesslog'")
     p.add_argument("--pin", action="store_true",
                    help="pin the proxies to CPU 0 and wrk + the backend to CPU 1 (default: no pinning; "
                         "see docs/performance.md)")
@@ -400,7 +400,7 @@ def start_all(procs: Processes, nginx: str, tmp: Path, targets: list[str]) -> di
         circuit_breaker: {{failure_threshold: 5, reset_timeout: 60, half_open_max_calls: 3}}
         """))
     for target, extra in (("ours", ["--log-level", "warning"]),
-                          ("ours-accesslog", ["--log-level", "info", "--access-log"])):
+                          ("ours-accesslog", ["--log-level", "warning", "--access-log"])):
         if target not in targets:
             continue
         port = free_port()
