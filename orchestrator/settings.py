@@ -81,6 +81,9 @@ class ServeSettings(LogSettings):
     max_header_bytes: int = knob(64 * 1024, "ORCHESTRATOR_MAX_HEADER_BYTES",
                                  "bytes of all request headers (431 beyond)", ge=1024)
     max_headers: int = knob(100, "ORCHESTRATOR_MAX_HEADERS", "number of request headers (431 beyond)", ge=8)
+    send_timeout: float = knob(60.0, "ORCHESTRATOR_SEND_TIMEOUT",
+                               "seconds a caller may leave the proxy's writes blocked (it stopped reading) "
+                               "before the connection is dropped", ge=0.1)
     drain_seconds: float = knob(5.0, "ORCHESTRATOR_DRAIN_SECONDS",
                                 "after SIGTERM keep serving this long with /readyz 503 and Connection: close", ge=0)
     grace_seconds: float = knob(20.0, "ORCHESTRATOR_GRACE_SECONDS",

@@ -51,11 +51,13 @@ class Limits:
     head_timeout: float  # seconds to receive a complete request head
     keepalive_timeout: float  # seconds an idle kept-alive connection stays open
     max_connections: int  # 0: derived from the file-descriptor limit
+    send_timeout: float  # seconds a caller may leave our writes blocked (slow-read defence)
 
     @classmethod
     def of(cls, settings: ServeSettings) -> "Limits":
         return cls(settings.max_request_line, settings.max_header_bytes, settings.max_headers,
-                   settings.head_timeout, settings.keepalive_timeout, settings.max_connections)
+                   settings.head_timeout, settings.keepalive_timeout, settings.max_connections,
+                   settings.send_timeout)
 
 
 def default_max_connections() -> int:
@@ -154,6 +156,7 @@ class BoundedProtocol(HttpToolsProtocol):
         self._requests = 0
         self._lingering = False
         self._linger_bytes = 0
+        self._stall_timer: Optional[asyncio.TimerHandle] = None
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -180,6 +183,9 @@ class BoundedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._cancel_head_timer()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         link = self._link
         if link is not None:
             self._link = None
@@ -276,6 +282,28 @@ class BoundedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self._link = None
         super().on_response_complete()
+
+    # -- a caller that stops reading -------------------------------------------------
+    # The transport's buffer is full and our writes wait on the caller: a slow
+    # reader (or one that never reads) would hold this connection, the upstream
+    # exchange and its buffers for as long as it likes. Like nginx's
+    # send_timeout, the connection is dropped when no write has gone through
+    # for `send_timeout` seconds; the forwarder then sees a caller hang-up.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(self.limits.send_timeout, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        super().resume_writing()
+
+    def _send_stalled(self) -> None:
+        self._stall_timer = None
+        if not self.transport.is_closing():
+            self.transport.abort()  # a close would wait for the buffer to drain: it never will
 
     # -- the head timer --------------------------------------------------------------
     def _arm_head_timer(self) -> None:

@@ -353,6 +353,41 @@ def test_connection_cap_refuses_politely_and_keeps_serving(start_proxy: ProxyFac
             s.close()
 
 
+def test_a_caller_that_stops_reading_is_dropped_after_the_send_timeout(start_proxy: ProxyFactory, strict):
+    """Slow-read defence: a caller that asks for a big body and never reads loses the
+    connection once the proxy's writes have been blocked for --send-timeout."""
+    size = 48 * 1024 * 1024
+    big = StrictBackend(lambda seen: (b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size, True))
+    proxy = start_proxy(config_yaml([endpoint("big", big.url), endpoint("strict", strict.url)],
+                                    health={"enabled": False}), args=("--send-timeout", "1"))
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(b"GET /orchestrator/big/file HTTP/1.1\r\nHost: gw\r\n\r\n")
+        # Stop reading until the backend has sent its whole body (the proxy holds it
+        # then), then well past the send timeout.
+        wait_until(lambda: len(big.seen) == 1, message="the backend was asked")
+        time.sleep(3)
+        received = 0
+        sock.settimeout(10)
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+        assert received < size, "the proxy kept the stalled connection and delivered the whole body"
+        # and it still serves others
+        answers, _ = exchange(proxy.port, b"GET /orchestrator/strict/next HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert answers[0].status == 200 and answers[0].json()["target"] == "/next"
+    finally:
+        sock.close()
+        big.close()
+
+
 def _refused(port: int) -> bool:
     answers, closed = exchange(port, b"GET /orchestrator/strict/x HTTP/1.1\r\nHost: gw\r\n\r\n")
     if answers and answers[0].status == 503:
