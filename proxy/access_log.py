@@ -1,31 +1,62 @@
-"""The access log of proxied calls: one record per call, written after its last byte.
+"""The access log of proxied calls: one line per call, written after its last byte.
 
-Off by default (`--access-log`). Each record carries the request id, route,
-method, status, time to the response head (the backend's answer time, or the
-gateway's own refusal), total time and body bytes sent, as `extra` fields:
-`--log-format json` turns them into JSON keys.
+Off by default (`--access-log`); when on it is written whatever `--log-level`
+says. Each line carries the client, method, path (no query string), status,
+time to the response head (the backend's answer, or the gateway's own
+refusal), total time, body bytes sent and the request id; with
+`--log-format json` these are JSON fields of their own, in the same shape as
+every other log line (orchestrator/logs.py).
+
+It bypasses the `logging` module on purpose: a LogRecord, its formatting and a
+write per call cost more than the proxying itself (docs/performance.md,
+"--access-log"). Lines are built directly and written in batches, one
+write every `flush_seconds`, so the cost per call is a string format and a
+list append.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import json
+import sys
 import time
-from typing import Any
+from typing import Any, Optional, TextIO
 
 from orchestrator.proxy.forwarder import PREFIX
 
 Scope = dict[str, Any]
-log = logging.getLogger(__name__)
+LOGGER = __name__
+
+
+class _Clock:
+    """Wall-clock stamps in the log formats, the strftime done once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = self._iso = ""
+
+    def stamps(self, now: float) -> tuple[str, str]:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        ms = int((now - second) * 1000)
+        return f"{self._text},{ms:03d}", f"{self._iso}.{ms:03d}Z"
 
 
 class AccessLogged:
     """Wraps an ASGI app (the forwarder); the wrapper exists only when the access log is on."""
 
-    def __init__(self, app: Any, logger: logging.Logger = log) -> None:
+    def __init__(self, app: Any, fmt: str = "text", stream: Optional[TextIO] = None,
+                 flush_seconds: float = 0.2) -> None:
         self.app = app
-        self.log = logger
-        # Asked for explicitly: written whatever --log-level says about the rest.
-        logger.setLevel(logging.INFO)
+        self.json = fmt == "json"
+        self.stream = stream
+        self.flush_seconds = flush_seconds
+        self._pending: list[str] = []
+        self._flush_at: Optional[asyncio.TimerHandle] = None
+        self._clock = _Clock()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         started = time.perf_counter()
@@ -50,14 +81,38 @@ class AccessLogged:
             await self.app(scope, receive, observed)
         finally:
             done = time.perf_counter()
-            path: str = scope["path"]
-            route = path[len(PREFIX):].partition("/")[0] if path.startswith(PREFIX) else ""
-            client = scope.get("client")
-            upstream_ms = round((head_at - started) * 1000, 3) if head_at else None
-            total_ms = round((done - started) * 1000, 3)
-            self.log.info(
-                '%s %s %s %d %s ms %d B id=%s', client[0] if client else "-", scope["method"], path,
-                status or 499, upstream_ms, sent, request_id,
-                extra={"request_id": request_id, "route": route, "method": scope["method"], "path": path,
-                       "status": status or 499, "upstream_ms": upstream_ms, "duration_ms": total_ms,
-                       "bytes": sent, "client": client[0] if client else None})
+            self._record(scope, status or 499, (head_at - started) * 1000 if head_at else None,
+                         (done - started) * 1000, sent, request_id)
+
+    def _record(self, scope: Scope, status: int, upstream_ms: Optional[float], duration_ms: float, sent: int,
+                request_id: str) -> None:
+        path: str = scope["path"]
+        route = path[len(PREFIX):].partition("/")[0] if path.startswith(PREFIX) else ""
+        client = scope.get("client")
+        address = client[0] if client else "-"
+        method: str = scope["method"]
+        text_time, iso_time = self._clock.stamps(time.time())
+        if self.json:
+            line = json.dumps({
+                "timestamp": iso_time, "level": "info", "logger": LOGGER,
+                "message": f"{method} {path} {status}", "request_id": request_id, "route": route,
+                "method": method, "path": path, "status": status,
+                "upstream_ms": None if upstream_ms is None else round(upstream_ms, 3),
+                "duration_ms": round(duration_ms, 3), "bytes": sent, "client": address,
+            }, ensure_ascii=False)
+        else:
+            upstream = "-" if upstream_ms is None else f"{upstream_ms:.3f}"
+            line = (f"{text_time} INFO {LOGGER}: {address} {method} {path} {status} route={route} "
+                    f"upstream_ms={upstream} duration_ms={duration_ms:.3f} bytes={sent} id={request_id}")
+        self._pending.append(line + "\n")
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(self.flush_seconds, self.flush)
+
+    def flush(self) -> None:
+        """Write what is pending (also called once at shutdown)."""
+        self._flush_at = None
+        if self._pending:
+            lines, self._pending = self._pending, []
+            stream = self.stream or sys.stderr
+            stream.write("".join(lines))
+            stream.flush()

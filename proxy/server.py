@@ -69,7 +69,8 @@ async def serve(state: AppState, listeners: list[Listener], settings: ServeSetti
     drain = Drain()
     protocol = protocol_for(settings, drain)
     admin, forwarder = build_apps(state)
-    traffic: Any = AccessLogged(forwarder) if settings.access_log else forwarder
+    access = AccessLogged(forwarder, settings.log_format) if settings.access_log else None
+    traffic: Any = access or forwarder
     servers = [
         _Server(uvicorn_config(Gateway(state, item.policy, admin, traffic, settings.admin_max_body),
                                item.host, item.port, protocol, log_level, settings, lifespan="off"))
@@ -107,6 +108,8 @@ async def serve(state: AppState, listeners: list[Listener], settings: ServeSetti
         await asyncio.gather(*(server.serve() for server in servers))
     if stopping is not None:
         stopping.cancel()
+    if access is not None:
+        access.flush()
 
 
 def run(state: AppState, listeners: list[Listener], settings: ServeSettings, log_level: str) -> int:
