@@ -95,3 +95,19 @@ def decide(policy: Policy, path: str, client_host: Optional[str], authorization:
     if not bearer_matches(authorization, policy.token):
         return Denied(Failure.ADMIN_FORBIDDEN, "the admin token is not valid")
     return None
+
+
+def listener_policies(cluster_mode: bool, separate_admin: bool, token: Optional[str],
+                      trust_loopback: bool = True) -> list[Policy]:
+    """The policy of each listener: [ALL], or [TRAFFIC, ADMIN] with a separate admin port.
+
+    Only a cluster-mode admin port is left open: the traffic Service does not
+    expose it (and the chart's NetworkPolicy limits it), so Prometheus scrapes
+    /metrics there without a token. Everywhere else, a cluster proxy serving its
+    admin API on the traffic port included, the loopback-or-token rule applies:
+    the registry lists every backend URL, which is not for every caller.
+    """
+    guarded = not (cluster_mode and separate_admin)
+    if separate_admin:
+        return [Policy(Role.TRAFFIC, guarded, token, trust_loopback), Policy(Role.ADMIN, guarded, token, trust_loopback)]
+    return [Policy(Role.ALL, guarded, token, trust_loopback)]

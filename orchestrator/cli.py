@@ -98,21 +98,14 @@ def run_cluster_proxy(settings: ProxySettings) -> int:
 def _serve(state: "AppState", settings: Union[StandaloneSettings, ProxySettings], level: str,
            cluster_mode: bool) -> int:
     """One traffic listener, plus an admin listener when --admin-port is set."""
-    from orchestrator.core.admin_access import Policy, Role
+    from orchestrator.core.admin_access import listener_policies
     from orchestrator.proxy import server
 
-    # Cluster mode: the admin port is protected by not being in the Service (and a
-    # NetworkPolicy), so Prometheus can scrape /metrics there; standalone keeps the
-    # loopback-or-token rule on every listener.
-    guarded = not cluster_mode
-
-    def policy(role: Role) -> Policy:
-        return Policy(role, guarded, settings.admin_token, trust_loopback=not settings.admin_require_token)
-    if settings.admin_port:
-        listeners = [server.Listener(settings.host, settings.port, policy(Role.TRAFFIC)),
-                     server.Listener(settings.admin_host, settings.admin_port, policy(Role.ADMIN))]
-    else:
-        listeners = [server.Listener(settings.host, settings.port, policy(Role.ALL))]
+    policies = listener_policies(cluster_mode, settings.admin_port is not None, settings.admin_token,
+                                 trust_loopback=not settings.admin_require_token)
+    listeners = [server.Listener(settings.host, settings.port, policies[0])]
+    if settings.admin_port is not None:
+        listeners.append(server.Listener(settings.admin_host, settings.admin_port, policies[1]))
     return server.run(state, listeners, settings, level)
 
 
