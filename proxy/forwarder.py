@@ -82,7 +82,10 @@ class Forwarder:
                 request_headers, client[0] if client else "", scope.get("scheme", "http"), request_id,
                 scope.get("http_version", "1.1"))
         except hdrs.Refused as exc:
-            state.metrics.route(UNKNOWN_ROUTE).observe(TABLE[exc.failure].status, time.perf_counter() - started)
+            # A known route's own label; any other name is one label for all (callers
+            # choose names: one label each would let them grow the metrics without bound).
+            label = name if name in state.table.routes else UNKNOWN_ROUTE
+            state.metrics.route(label).observe(TABLE[exc.failure].status, time.perf_counter() - started)
             await self._fail(send, exc.failure, name, request_id, extra=_CLOSE, detail=exc.detail)
             return
         rt: Optional[RouteRuntime] = state.table.routes.get(name)

@@ -96,6 +96,20 @@ def test_connection_options_naming_framing_are_refused_and_nothing_is_smuggled(p
     assert strict.seen == [] and strict.errors == []
 
 
+def test_framing_refusals_count_under_the_route_only_when_it_exists(proxy, strict):
+    def count(route: str) -> float:
+        text = httpx.get(proxy.url + "/metrics").text
+        key = f'orchestrator_requests_total{{route="{route}",status="400"}} '
+        return next((float(line[len(key):]) for line in text.splitlines() if line.startswith(key)), 0.0)
+    before_known, before_unknown = count("strict"), count("(unknown)")
+    bad = "POST /orchestrator/{}/a HTTP/1.1\r\nHost: gw\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\nx"
+    assert one(proxy, bad.format("strict").encode())[0].status == 400
+    assert one(proxy, bad.format("made-up-name").encode())[0].status == 400
+    assert count("strict") == before_known + 1
+    assert count("(unknown)") == before_unknown + 1  # a caller's made-up name is no label of its own
+    assert 'route="made-up-name"' not in httpx.get(proxy.url + "/metrics").text
+
+
 def test_bodies_arrive_with_the_proxys_own_framing(proxy, strict):
     requests = (b"POST /orchestrator/strict/p HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello"
                 b"PUT /orchestrator/strict/c HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
