@@ -5,6 +5,7 @@
   generated config and waits for /readyz; every proxy it started is stopped at
   the end of the test.
 - `module_proxy_factory`: the same, stopped at the end of the module.
+- `strict`, `hostile` (per module): raw backends judged by h11 (tests/support/rawhttp.py).
 - helpers (`config_yaml`, `endpoint`, `wait_until`, ...) are in tests/support/harness.py.
 """
 
@@ -16,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from support.harness import Backend, ProxyFactory, start_backend, stop
+from support.rawhttp import Hostile, StrictBackend
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +39,19 @@ def module_proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     factory = ProxyFactory(tmp_path_factory.mktemp("proxy"))
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def strict() -> Iterator[StrictBackend]:
+    """A backend that parses every byte with h11 and echoes each request (tests/support/rawhttp.py)."""
+    b = StrictBackend()
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Hostile]:
+    """A backend whose raw answer the test chooses."""
+    h = Hostile()
+    yield h
+    h.backend.close()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Iterator, Optional
+from typing import Optional
 
 import h11
 import pytest
@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.harness import ProxyFactory, config_yaml, endpoint
-from support.rawhttp import Seen, StrictBackend, read_message
+from support.rawhttp import Hostile, StrictBackend, read_message
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,26 +39,6 @@ ALLOWED = ["GET", "POST", "PUT"]
 EXAMPLES = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 PROBE = b"GET /orchestrator/strict/probe HTTP/1.1\r\nHost: gw\r\n\r\n"
-
-
-class Hostile:
-    def __init__(self) -> None:
-        self.answer = b""
-        self.backend = StrictBackend(lambda seen: (self.answer, False))
-
-
-@pytest.fixture(scope="module")
-def strict() -> Iterator[StrictBackend]:
-    b = StrictBackend()
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
-    h = Hostile()
-    yield h
-    h.backend.close()
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +247,7 @@ def backend_answers(draw: st.DrawFn) -> bytes:
 @EXAMPLES
 @given(answer=backend_answers())
 def test_a_hostile_backend_cannot_break_the_caller_or_the_next_one(proxy, strict, hostile, answer: bytes) -> None:
-    hostile.answer = answer
+    hostile.answer, hostile.keep = answer, False
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"GET /orchestrator/hostile/x HTTP/1.1\r\nHost: gw\r\n\r\n")
         answers, raw = read_answers(sock, ["GET"])

@@ -22,35 +22,9 @@ import httpx
 import pytest
 
 from support.harness import ProxyFactory, config_yaml, endpoint, wait_until
-from support.rawhttp import Seen, StrictBackend, echo, exchange, read_message
+from support.rawhttp import Hostile, Seen, StrictBackend, exchange, read_message
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class Hostile:
-    """A backend whose raw answer each test chooses."""
-
-    def __init__(self) -> None:
-        self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-        self.keep = True
-        self.backend = StrictBackend(self.respond)
-
-    def respond(self, seen: Seen) -> tuple[bytes, bool]:
-        return self.answer, self.keep
-
-
-@pytest.fixture(scope="module")
-def strict() -> Iterator[StrictBackend]:
-    b = StrictBackend()
-    yield b
-    b.close()
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
-    h = Hostile()
-    yield h
-    h.backend.close()
 
 
 @pytest.fixture(scope="module")

@@ -126,6 +126,18 @@ class StrictBackend:
             self.errors.append(message)
 
 
+class Hostile:
+    """A backend whose raw answer each test chooses (`answer`, and whether to `keep` the connection)."""
+
+    def __init__(self) -> None:
+        self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        self.keep = True
+        self.backend = StrictBackend(self.respond)
+
+    def respond(self, seen: Seen) -> tuple[bytes, bool]:
+        return self.answer, self.keep
+
+
 def read_message(conn: h11.Connection, sock: socket.socket) -> Optional[tuple[Union[h11.Request, h11.Response], bytes]]:
     """The next whole message h11 parses off `sock` (interim 1xx skipped): its head
     and body; None once the peer closed between messages."""
