@@ -4,6 +4,8 @@ A `Route` is what the proxy serves. It is built from a config-file entry
 (standalone), an `Endpoint` resource or a ConfigMap entry (cluster), with the
 global defaults applied, so the proxy never needs to know where it came from.
 Its dict form (camelCase, like the CRD) is the compiled-registry contract.
+The field defaults below are the built-in defaults, the bottom of the overlay
+in core/spec.py (which holds the partial form every source writes, and the bounds).
 """
 
 from __future__ import annotations
@@ -92,19 +94,21 @@ class Route:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Route":
-        return cls(
-            name=data["name"],
-            url=data["url"],
-            version=data.get("version", "v1"),
-            methods=tuple(data.get("methods", ("GET",))),
-            auth_type=data.get("authType", "none"),
-            disabled=bool(data.get("disabled", False)),
-            timeout_seconds=float(data.get("timeoutSeconds", 30.0)),
-            health_check=HealthCheckSettings(**_snake(data.get("healthCheck", {}))),
-            circuit_breaker=BreakerSettings(**_snake(data.get("circuitBreaker", {}))),
-            retries=RetrySettings(**_snake(data.get("retries", {}))),
-            source=Source(**_snake(data.get("source", {"kind": "File"}))),
-        )
+        """The inverse of `to_dict`. A key that is absent takes the field's default
+        above (the one place built-in values live), never a fallback written here."""
+        fields = _snake({k: v for k, v in data.items() if k in _ROUTE_KEYS})
+        if "methods" in fields:
+            fields["methods"] = tuple(fields["methods"])
+        for key, kind in _SECTIONS.items():
+            if key in fields:
+                fields[key] = kind(**_snake(fields[key]))
+        return cls(**fields)
+
+
+_ROUTE_KEYS = frozenset(("name", "url", "version", "methods", "authType", "disabled", "timeoutSeconds",
+                         "healthCheck", "circuitBreaker", "retries", "source"))
+_SECTIONS: dict[str, Any] = {"health_check": HealthCheckSettings, "circuit_breaker": BreakerSettings,
+                             "retries": RetrySettings, "source": Source}
 
 
 def _camel(d: dict[str, Any]) -> dict[str, Any]:
