@@ -1,6 +1,7 @@
 """Scale: N Endpoints on the real control plane, operator + 2 proxy replicas.
 
     python bench/bench_scale.py [--count 1000] [--targets-ratio 10] [--window 45] [--py-spy]
+    python bench/bench_scale.py --compile-only --count 10000   # the pure compiler alone
 
 N Endpoints point at N/10 distinct backend targets (different base paths on
 one local backend, so the proxies have N/10 distinct health-probe targets),
@@ -127,9 +128,11 @@ def main() -> int:
     ap.add_argument("--report-interval", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=600.0, help="max wait for each convergence phase")
     ap.add_argument("--py-spy", action="store_true", help="py-spy dump operator/proxy during the slow phases")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="only the pure compiler, in this process, on the working tree (no control plane)")
     cb.add_source_args(ap)
     args = ap.parse_args()
-    src, label = cb.resolve_source(args.rev)
+    src, label = cb.resolve_source("worktree" if args.compile_only else args.rev)
     print(f"benchmarking {label}", flush=True)
     n = args.count
     n_targets = max(1, n // args.targets_ratio)
@@ -138,6 +141,8 @@ def main() -> int:
     print(f"pure compiler, {n} Endpoints: compile {c['compile_s'] * 1000:.0f} ms (median "
           f"{c['compile_median_s'] * 1000:.0f}), encode shards {c['encode_s'] * 1000:.0f} ms, "
           f"{c['bytes'] / 1e6:.2f} MB in {c['shards']} shard(s)", flush=True)
+    if args.compile_only:
+        return 0
 
     with cb.cluster(2, args.report_interval, stale_seconds=30, src=src) as (cp, stack, workdir):
         backend_proc, backend_port = cb.spawn_backend(workdir)

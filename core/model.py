@@ -96,19 +96,23 @@ class Route:
     def from_dict(cls, data: dict[str, Any]) -> "Route":
         """The inverse of `to_dict`. A key that is absent takes the field's default
         above (the one place built-in values live), never a fallback written here."""
-        fields = _snake({k: v for k, v in data.items() if k in _ROUTE_KEYS})
+        fields: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in _PLAIN:
+                fields[_PLAIN[key]] = value
+            elif key in _SECTIONS:
+                name, kind = _SECTIONS[key]
+                fields[name] = kind(**_snake(value))
         if "methods" in fields:
             fields["methods"] = tuple(fields["methods"])
-        for key, kind in _SECTIONS.items():
-            if key in fields:
-                fields[key] = kind(**_snake(fields[key]))
         return cls(**fields)
 
 
-_ROUTE_KEYS = frozenset(("name", "url", "version", "methods", "authType", "disabled", "timeoutSeconds",
-                         "healthCheck", "circuitBreaker", "retries", "source"))
-_SECTIONS: dict[str, Any] = {"health_check": HealthCheckSettings, "circuit_breaker": BreakerSettings,
-                             "retries": RetrySettings, "source": Source}
+_PLAIN = {"name": "name", "url": "url", "version": "version", "methods": "methods", "authType": "auth_type",
+          "disabled": "disabled", "timeoutSeconds": "timeout_seconds"}
+_SECTIONS: dict[str, tuple[str, Any]] = {
+    "healthCheck": ("health_check", HealthCheckSettings), "circuitBreaker": ("circuit_breaker", BreakerSettings),
+    "retries": ("retries", RetrySettings), "source": ("source", Source)}
 
 
 def _camel(d: dict[str, Any]) -> dict[str, Any]:
