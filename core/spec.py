@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal, Optional, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from orchestrator.core import model, urls
@@ -172,13 +172,14 @@ class EndpointSpec(Settings):
     auth_type: AuthType = _ROUTE.auth_type  # type: ignore[assignment]
     disabled: bool = _ROUTE.disabled
 
-    @model_validator(mode="after")
-    def _probe_within_interval(self) -> "EndpointSpec":
-        hc = self.health_check
+    @field_validator("health_check")
+    @classmethod
+    def _probe_within_interval(cls, hc: HealthCheck) -> HealthCheck:
+        # The CRD's CEL rule on healthCheck: a route's own probe timeout fits its own interval.
         if hc.timeout_seconds is not None and hc.interval_seconds is not None \
                 and hc.timeout_seconds > hc.interval_seconds:
             raise ValueError(PROBE_TIMEOUT_MESSAGE)
-        return self
+        return hc
 
 
 # --- the overlay ---

@@ -137,7 +137,8 @@ def run_operator(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     namespaces: Optional[list[str]] = args.watch_namespace or None
-    settings = Settings(namespace=args.namespace, registry_name=args.registry, defaults=load_defaults(args.defaults))
+    settings = Settings(namespace=args.namespace, registry_name=args.registry, defaults=load_defaults(args.defaults),
+                        allow_link_local=args.allow_link_local)
     stale = os.environ.get("ORCHESTRATOR_REPORT_STALE_SECONDS")
     if stale:
         settings.report_stale_seconds = float(stale)

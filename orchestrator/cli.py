@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--log-level", type=_log_level, default=os.environ.get("LOG_LEVEL", "info"))
     op.add_argument("--health-port", type=_port, default=os.environ.get("HEALTH_PORT", "8080"),
                     help="port of /healthz (liveness) and /metrics")
+    op.add_argument("--allow-link-local", action="store_true", default=_env_bool("ORCHESTRATOR_ALLOW_LINK_LOCAL"),
+                    help="accept Endpoints whose backend is link-local, e.g. cloud metadata (env "
+                         "ORCHESTRATOR_ALLOW_LINK_LOCAL; refused by default: the SSRF guard)")
     op.add_argument("--liveness-seconds", type=float, default=os.environ.get("LIVENESS_SECONDS", "60"),
                     help="/healthz fails once the API server has been unreachable and the watches silent this long")
     return parser
