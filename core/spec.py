@@ -193,30 +193,24 @@ def _pick(value: Optional[T], below: T) -> T:
 
 def overlay(below: model.Defaults, layer: Settings) -> model.Defaults:
     """`layer`'s fields over `below`: only what the layer sets counts."""
-    hc, cb, rt = layer.health_check, layer.circuit_breaker, layer.retries
-    bhc, bcb, brt = below.health_check, below.circuit_breaker, below.retries
-    # A section the layer leaves out is shared, not copied (the settings are frozen).
     return model.Defaults(
         timeout_seconds=_pick(layer.timeout_seconds, below.timeout_seconds),
-        health_check=bhc if not hc.model_fields_set else model.HealthCheckSettings(
-            enabled=_pick(hc.enabled, bhc.enabled),
-            path=_pick(hc.path, bhc.path),
-            interval_seconds=_pick(hc.interval_seconds, bhc.interval_seconds),
-            timeout_seconds=_pick(hc.timeout_seconds, bhc.timeout_seconds),
-            healthy_threshold=_pick(hc.healthy_threshold, bhc.healthy_threshold),
-            unhealthy_threshold=_pick(hc.unhealthy_threshold, bhc.unhealthy_threshold),
-        ),
-        circuit_breaker=bcb if not cb.model_fields_set else model.BreakerSettings(
-            failure_threshold=_pick(cb.failure_threshold, bcb.failure_threshold),
-            reset_timeout_seconds=_pick(cb.reset_timeout_seconds, bcb.reset_timeout_seconds),
-            half_open_max_calls=_pick(cb.half_open_max_calls, bcb.half_open_max_calls),
-            fallback=_pick(cb.fallback, bcb.fallback),
-        ),
-        retries=brt if not rt.model_fields_set else model.RetrySettings(
-            attempts=_pick(rt.attempts, brt.attempts),
-            on_server_error=_pick(rt.on_server_error, brt.on_server_error),
-        ),
+        health_check=_section(layer.health_check, below.health_check),
+        circuit_breaker=_section(layer.circuit_breaker, below.circuit_breaker),
+        retries=_section(layer.retries, below.retries),
     )
+
+
+S = TypeVar("S", model.HealthCheckSettings, model.BreakerSettings, model.RetrySettings)
+
+
+def _section(layer: BaseModel, below: S) -> S:
+    """One section: the layer's fields (same names as the resolved dataclass's) over
+    `below`, which is shared as it is when the layer sets none (the settings are frozen)."""
+    if not layer.model_fields_set:
+        return below
+    changes = {name: value for name in layer.model_fields_set if (value := getattr(layer, name)) is not None}
+    return replace(below, **changes) if changes else below
 
 
 def resolve(spec: EndpointSpec, defaults: model.Defaults, name: str, source: model.Source) -> model.Route:

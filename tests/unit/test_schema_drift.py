@@ -224,3 +224,11 @@ def test_a_file_entry_and_an_endpoint_resolve_alike() -> None:
     defaults = defaults_from_values({"timeoutSeconds": 3, "healthCheck": {"timeoutSeconds": 6}})
     source = model.Source(kind="File")
     assert spec.resolve(entry.to_spec(), defaults, "a", source) == spec.resolve(endpoint, defaults, "a", source)
+
+
+@pytest.mark.parametrize("partial, resolved", [
+    (spec.HealthCheck, model.HealthCheckSettings), (spec.CircuitBreaker, model.BreakerSettings),
+    (spec.Retries, model.RetrySettings)])
+def test_each_partial_section_has_the_fields_of_its_resolved_form(partial: type, resolved: type) -> None:
+    """The overlay copies fields by name."""
+    assert sorted(partial.model_fields) == sorted(resolved.__dataclass_fields__)
