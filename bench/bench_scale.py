@@ -52,13 +52,13 @@ def bench_compile(n: int, n_targets: int) -> dict[str, float]:
     """The pure compiler on N synthetic Endpoints, in this process (best of 3)."""
     from orchestrator.core.compile import EndpointObject, ObjectMeta, compile_registry
     from orchestrator.core.model import Defaults
-    from orchestrator.core.registry import encode_shards
+    from orchestrator.core.registry import decode_shards, encode_shards
     objs = [EndpointObject(ObjectMeta("default", f"bench-{i:05d}", uid=f"uid-{i}", generation=1,
                                       created=f"2025-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z"),
                            spec(i, n_targets, "http://127.0.0.1:9"))
             for i in range(n)]
     defaults = Defaults()
-    times, enc = [], []
+    times, enc, dec = [], [], []
     previous = None
     for _ in range(3):
         t = time.perf_counter()
@@ -68,7 +68,11 @@ def bench_compile(n: int, n_targets: int) -> dict[str, float]:
         t = time.perf_counter()
         docs = encode_shards(compiled.registry)
         enc.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        decode_shards(docs)  # what each proxy replica does with a new registry
+        dec.append(time.perf_counter() - t)
     return {"compile_s": min(times), "compile_median_s": statistics.median(times), "encode_s": min(enc),
+            "decode_s": min(dec),
             "shards": len(docs), "bytes": sum(len(d) for d in docs), "routes": len(compiled.registry.routes)}
 
 
@@ -140,6 +144,7 @@ def main() -> int:
     c = bench_compile(n, n_targets)
     print(f"pure compiler, {n} Endpoints: compile {c['compile_s'] * 1000:.0f} ms (median "
           f"{c['compile_median_s'] * 1000:.0f}), encode shards {c['encode_s'] * 1000:.0f} ms, "
+          f"decode shards {c['decode_s'] * 1000:.0f} ms, "
           f"{c['bytes'] / 1e6:.2f} MB in {c['shards']} shard(s)", flush=True)
     if args.compile_only:
         return 0

@@ -10,7 +10,7 @@ in core/spec.py (which holds the partial form every source writes, and the bound
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -86,10 +86,10 @@ class Route:
             "authType": self.auth_type,
             "disabled": self.disabled,
             "timeoutSeconds": float(self.timeout_seconds),
-            "healthCheck": _camel(asdict(self.health_check)),
-            "circuitBreaker": _camel(asdict(self.circuit_breaker)),
-            "retries": _camel(asdict(self.retries)),
-            "source": _camel(asdict(self.source)),
+            "healthCheck": _camel(self.health_check),
+            "circuitBreaker": _camel(self.circuit_breaker),
+            "retries": _camel(self.retries),
+            "source": _camel(self.source),
         }
 
     @classmethod
@@ -102,7 +102,8 @@ class Route:
                 fields[_PLAIN[key]] = value
             elif key in _SECTIONS:
                 name, kind = _SECTIONS[key]
-                fields[name] = kind(**_snake(value))
+                snake = _SNAKE[kind]
+                fields[name] = kind(**{snake.get(k, k): v for k, v in value.items()})
         if "methods" in fields:
             fields["methods"] = tuple(fields["methods"])
         return cls(**fields)
@@ -115,18 +116,19 @@ _SECTIONS: dict[str, tuple[str, Any]] = {
     "retries": ("retries", RetrySettings), "source": ("source", Source)}
 
 
-def _camel(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        if key.endswith("_seconds"):
-            value = float(value)  # 30 and 30.0 must hash to the same revision
-        head, *rest = key.split("_")
-        out[head + "".join(p.title() for p in rest)] = value
-    return out
+def _camel_key(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
 
 
-def _snake(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        out["".join("_" + c.lower() if c.isupper() else c for c in key)] = value
-    return out
+# Per section class: (field, wire key, is a number of seconds). The sections hold
+# plain values only, so reading the slots is what `asdict` did, at a third of the cost.
+_WIRE = {kind: tuple((f, _camel_key(f), f.endswith("_seconds")) for f in kind.__dataclass_fields__)
+         for _, kind in _SECTIONS.values()}
+_SNAKE = {kind: {camel: f for f, camel, _ in keys} for kind, keys in _WIRE.items()}
+
+
+def _camel(section: Any) -> dict[str, Any]:
+    # Seconds as float: 30 and 30.0 must hash to the same revision.
+    return {camel: float(getattr(section, f)) if seconds else getattr(section, f)
+            for f, camel, seconds in _WIRE[type(section)]}
