@@ -100,7 +100,7 @@ def route_from_spec(obj: EndpointObject, defaults: model.Defaults, allow_link_lo
         raise Refused("LinkLocalBackend", f"the backend is refused: spec.{exc}") from None
     source = model.Source(kind="Endpoint", namespace=obj.meta.namespace, name=obj.meta.name,
                           uid=obj.meta.uid, generation=obj.meta.generation)
-    return spec.resolve(endpoint, defaults, endpoint.route_name or obj.meta.name, source)
+    return spec.resolve(endpoint, defaults, obj.meta.name if endpoint.route_name is None else endpoint.route_name, source)
 
 
 @dataclass(frozen=True)

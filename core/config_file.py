@@ -68,7 +68,7 @@ class EndpointConfig(_Strict):
 
     def to_spec(self) -> spec.EndpointSpec:
         """The same entry in the route model (validated already, by the same types)."""
-        cb = self.circuit_breaker or EndpointOverrides()
+        cb = EndpointOverrides() if self.circuit_breaker is None else self.circuit_breaker
         return spec.EndpointSpec.model_construct(
             url=self.url, route_name=self.name, version=self.version, methods=self.methods,
             auth_type=self.auth_type, disabled=self.disabled, timeout_seconds=self.timeout,
@@ -170,7 +170,7 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
     except ValidationError as exc:
         return LoadedConfig(errors=spec.format_validation_error(exc, "config"), parsed=False)
 
-    result = LoadedConfig(defaults=defaults_from(cfg, defaults or model.Defaults()), log_level=cfg.log_level)
+    result = LoadedConfig(defaults=defaults_from(cfg, model.Defaults() if defaults is None else defaults), log_level=cfg.log_level)
     seen: dict[str, int] = {}
     for index, item in enumerate(cfg.endpoints):
         label = f"endpoints[{index}]"
