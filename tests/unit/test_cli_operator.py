@@ -1,0 +1,19 @@
+"""`orchestrator operator` flags that feed the compiler."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cli import build_parser
+
+
+def test_link_local_backends_are_refused_unless_the_flag_or_env_allows_them(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("ORCHESTRATOR_ALLOW_LINK_LOCAL", raising=False)
+    assert build_parser().parse_args(["operator"]).allow_link_local is False
+    assert build_parser().parse_args(["operator", "--allow-link-local"]).allow_link_local is True
+    monkeypatch.setenv("ORCHESTRATOR_ALLOW_LINK_LOCAL", "true")
+    assert build_parser().parse_args(["operator"]).allow_link_local is True
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["operator", "--help"])
+    assert "ORCHESTRATOR_ALLOW_LINK_LOCAL" in capsys.readouterr().out
