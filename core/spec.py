@@ -40,22 +40,25 @@ BreakerCount = Annotated[int, Field(ge=1, le=10_000)]
 RetryAttempts = Annotated[int, Field(ge=0, le=5)]
 
 
-def _matching(pattern: str, message: str, **bounds: Any) -> Any:
-    """A string type checked against `pattern` with a readable message (pydantic's
-    own pattern error quotes the regex); the pattern still shows in the JSON schema."""
+def _matching(pattern: str, message: str) -> AfterValidator:
+    """A check against `pattern` with a readable message (pydantic's own pattern error
+    quotes the regex); the type also names the pattern for the JSON schema."""
     search = re.compile(pattern).search
 
     def check(value: str) -> str:
         if not search(value):
             raise ValueError(message)
         return value
-    return Annotated[str, Field(json_schema_extra={"pattern": pattern}, **bounds), AfterValidator(check)]
+    return AfterValidator(check)
 
 
 ROUTE_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$"
-RouteName = _matching(ROUTE_NAME_PATTERN, "must be 1-253 letters, digits, '_', '-' or '.', starting and ending "
-                      "with a letter or digit (it becomes a URL path segment)", min_length=1, max_length=253)
-HealthPath = _matching(r"^/", "must start with '/'", max_length=1024)
+RouteName = Annotated[str, Field(min_length=1, max_length=253, json_schema_extra={"pattern": ROUTE_NAME_PATTERN}),
+                      _matching(ROUTE_NAME_PATTERN, "must be 1-253 letters, digits, '_', '-' or '.', starting and "
+                                "ending with a letter or digit (it becomes a URL path segment)")]
+HEALTH_PATH_PATTERN = r"^/"
+HealthPath = Annotated[str, Field(max_length=1024, json_schema_extra={"pattern": HEALTH_PATH_PATTERN}),
+                       _matching(HEALTH_PATH_PATTERN, "must start with '/'")]
 Version = Annotated[str, Field(max_length=63)]
 
 # Printable ASCII without space, '#' or '?' after the scheme ('@' not in the host):
@@ -169,7 +172,7 @@ class EndpointSpec(Settings):
     route_name: Optional[RouteName] = None
     version: Version = _ROUTE.version
     methods: list[Method] = Field(default_factory=lambda: list(_ROUTE.methods), min_length=1, max_length=7)
-    auth_type: AuthType = _ROUTE.auth_type  # type: ignore[assignment]
+    auth_type: AuthType = _ROUTE.auth_type
     disabled: bool = _ROUTE.disabled
 
     @field_validator("health_check")
