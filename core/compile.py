@@ -93,14 +93,16 @@ def route_from_spec(obj: EndpointObject, defaults: model.Defaults, allow_link_lo
     try:
         endpoint = spec.EndpointSpec.model_validate(dict(obj.spec))
     except ValidationError as exc:
-        raise Refused("Invalid", "the spec is invalid: " + "; ".join(spec.format_validation_error(exc, "spec"))) from None
+        problems = "; ".join(spec.format_validation_error(exc, "spec"))
+        raise Refused("Invalid", f"the spec is invalid: {problems}") from None
     try:
         spec.check_link_local(endpoint.url, allow_link_local)
     except ValueError as exc:
         raise Refused("LinkLocalBackend", f"the backend is refused: spec.{exc}") from None
     source = model.Source(kind="Endpoint", namespace=obj.meta.namespace, name=obj.meta.name,
                           uid=obj.meta.uid, generation=obj.meta.generation)
-    return spec.resolve(endpoint, defaults, obj.meta.name if endpoint.route_name is None else endpoint.route_name, source)
+    name = obj.meta.name if endpoint.route_name is None else endpoint.route_name
+    return spec.resolve(endpoint, defaults, name, source)
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ def compile_registry(
             verdict = Verdict(False, refused.reason, f"{refused}; generation {route.source.generation} keeps routing",
                               route.name, route.source.generation)
         else:
-            verdict = Verdict(True, "Accepted", "the Endpoint is valid and holds its route", route.name, meta.generation)
+            verdict = Verdict(True, "Accepted", "the Endpoint is valid and holds its route",
+                              route.name, meta.generation)
         candidates.append(_Candidate(route, (0, meta.created, meta.namespace, meta.name, ""),
                                      _label("Endpoint", meta), endpoint=meta.key, verdict_if_wins=verdict))
 

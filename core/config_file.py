@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.core import model, spec
 from orchestrator.core.spec import check_link_local  # noqa: F401  (the admin API's registration uses it here)
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -170,7 +171,8 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
     except ValidationError as exc:
         return LoadedConfig(errors=spec.format_validation_error(exc, "config"), parsed=False)
 
-    result = LoadedConfig(defaults=defaults_from(cfg, model.Defaults() if defaults is None else defaults), log_level=cfg.log_level)
+    below = model.Defaults() if defaults is None else defaults
+    result = LoadedConfig(defaults=defaults_from(cfg, below), log_level=cfg.log_level)
     seen: dict[str, int] = {}
     for index, item in enumerate(cfg.endpoints):
         label = f"endpoints[{index}]"

@@ -238,4 +238,3 @@ def resolve(spec: EndpointSpec, defaults: model.Defaults, name: str, source: mod
         retries=settings.retries,
         source=source,
     )
-

@@ -25,9 +25,9 @@ def test_a_layer_sets_only_what_it_names_and_zero_or_false_count_as_set() -> Non
 
 def test_layers_stack_release_then_file_then_route() -> None:
     release = spec.overlay(model.Defaults(), layer(timeoutSeconds=20, circuitBreaker={"failureThreshold": 4}))
-    loaded = config_file.parse_config("circuit_breaker: {failure_threshold: 6}\nhealth_check: {interval: 9}\n"
-                                      "endpoints: [{url: 'http://a.svc', name: a, circuit_breaker: {reset_timeout: 2}}]",
-                                      model.Source(kind="ConfigMap"), defaults=release)
+    text = ("circuit_breaker: {failure_threshold: 6}\nhealth_check: {interval: 9}\n"
+            "endpoints: [{url: 'http://a.svc', name: a, circuit_breaker: {reset_timeout: 2}}]")
+    loaded = config_file.parse_config(text, model.Source(kind="ConfigMap"), defaults=release)
     assert loaded.ok, loaded.errors
     (route,) = loaded.routes
     assert route.timeout_seconds == 20  # release
