@@ -8,6 +8,8 @@ and writes out what it returns. Rules (DESIGN.md):
 - a route name is unique: an Endpoint beats a ConfigMap entry; among equals
   the oldest (creationTimestamp, then namespace/name) wins, the others get
   `RouteConflict` naming the winner;
+- a backend at a link-local address (cloud metadata) is refused, reason
+  `LinkLocalBackend`, unless the caller allows it (the SSRF guard);
 - invalid input is status data, not an exception: one bad object never
   blocks the others; an Endpoint whose new spec is invalid keeps routing at
   its last accepted version, and a ConfigMap that no longer parses keeps its
@@ -129,9 +131,9 @@ def _previous_routes(previous: Optional[Registry], kind: str, uid: str) -> list[
 @dataclass
 class CompileCache:
     """What an earlier compile learnt, for a caller that compiles again and again
-    with the same defaults (the operator): an Endpoint whose (uid, generation)
-    did not change is neither validated nor serialised again. Results are the
-    same with or without it."""
+    with the same defaults and link-local setting (the operator): an Endpoint
+    whose (uid, generation) did not change is neither validated nor serialised
+    again. Results are the same with or without it."""
 
     routes: dict[tuple[str, int, str, str], "model.Route | Refused"] = field(default_factory=dict)
     documents: dict[int, str] = field(default_factory=dict)  # id(route) -> its registry JSON
