@@ -1,6 +1,7 @@
 """Scale: N Endpoints on the real control plane, operator + 2 proxy replicas.
 
     python bench/bench_scale.py [--count 1000] [--targets-ratio 10] [--window 45] [--py-spy]
+    python bench/bench_scale.py --compile-only --count 10000   # the pure compiler alone
 
 N Endpoints point at N/10 distinct backend targets (different base paths on
 one local backend, so the proxies have N/10 distinct health-probe targets),
@@ -47,27 +48,33 @@ def spec(i: int, n_targets: int, backend: str) -> dict[str, Any]:
             "healthCheck": {"intervalSeconds": HEALTH_INTERVAL}}
 
 
-def bench_compile(n: int, n_targets: int) -> dict[str, float]:
-    """The pure compiler on N synthetic Endpoints, in this process (best of 3)."""
+def bench_compile(n: int, n_targets: int, rounds: int = 3) -> dict[str, float]:
+    """The pure compiler on N synthetic Endpoints, in this process (best of `rounds`;
+    CPU time too, which a shared machine disturbs less than wall time)."""
     from orchestrator.core.compile import EndpointObject, ObjectMeta, compile_registry
     from orchestrator.core.model import Defaults
-    from orchestrator.core.registry import encode_shards
+    from orchestrator.core.registry import decode_shards, encode_shards
     objs = [EndpointObject(ObjectMeta("default", f"bench-{i:05d}", uid=f"uid-{i}", generation=1,
                                       created=f"2025-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z"),
                            spec(i, n_targets, "http://127.0.0.1:9"))
             for i in range(n)]
     defaults = Defaults()
-    times, enc = [], []
+    times, cpu, enc, dec = [], [], [], []
     previous = None
-    for _ in range(3):
-        t = time.perf_counter()
+    for _ in range(rounds):
+        t, c = time.perf_counter(), time.process_time()
         compiled = compile_registry(objs, [], defaults, previous)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         previous = compiled.registry
         t = time.perf_counter()
         docs = encode_shards(compiled.registry)
         enc.append(time.perf_counter() - t)
-    return {"compile_s": min(times), "compile_median_s": statistics.median(times), "encode_s": min(enc),
+        c = time.process_time()
+        decode_shards(docs)  # what each proxy replica does with a new registry
+        dec.append(time.process_time() - c)
+    return {"compile_s": min(times), "compile_median_s": statistics.median(times), "compile_cpu_s": min(cpu),
+            "encode_s": min(enc), "decode_cpu_s": min(dec),
             "shards": len(docs), "bytes": sum(len(d) for d in docs), "routes": len(compiled.registry.routes)}
 
 
@@ -127,17 +134,22 @@ def main() -> int:
     ap.add_argument("--report-interval", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=600.0, help="max wait for each convergence phase")
     ap.add_argument("--py-spy", action="store_true", help="py-spy dump operator/proxy during the slow phases")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="only the pure compiler, in this process, on the working tree (no control plane)")
     cb.add_source_args(ap)
     args = ap.parse_args()
-    src, label = cb.resolve_source(args.rev)
+    src, label = cb.resolve_source("worktree" if args.compile_only else args.rev)
     print(f"benchmarking {label}", flush=True)
     n = args.count
     n_targets = max(1, n // args.targets_ratio)
 
-    c = bench_compile(n, n_targets)
+    c = bench_compile(n, n_targets, rounds=7 if args.compile_only else 3)
     print(f"pure compiler, {n} Endpoints: compile {c['compile_s'] * 1000:.0f} ms (median "
-          f"{c['compile_median_s'] * 1000:.0f}), encode shards {c['encode_s'] * 1000:.0f} ms, "
+          f"{c['compile_median_s'] * 1000:.0f}, CPU {c['compile_cpu_s'] * 1000:.0f}), encode shards "
+          f"{c['encode_s'] * 1000:.0f} ms, decode shards (CPU) {c['decode_cpu_s'] * 1000:.0f} ms, "
           f"{c['bytes'] / 1e6:.2f} MB in {c['shards']} shard(s)", flush=True)
+    if args.compile_only:
+        return 0
 
     with cb.cluster(2, args.report_interval, stale_seconds=30, src=src) as (cp, stack, workdir):
         backend_proc, backend_port = cb.spawn_backend(workdir)

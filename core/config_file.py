@@ -9,91 +9,77 @@ entries (ConfigMap sources).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.core import model, urls
-
-ROUTE_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$"
-ROUTE_NAME_RE = re.compile(ROUTE_NAME_PATTERN)
-
-Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+from orchestrator.core import model, spec
+from orchestrator.core.spec import check_link_local  # noqa: F401  (the admin API's registration uses it here)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CircuitBreakerConfig(_Strict):
-    failure_threshold: int = Field(5, ge=1, le=10_000)
-    reset_timeout: float = Field(60, gt=0, le=86_400)
-    half_open_max_calls: int = Field(3, ge=1, le=10_000)
-    fallback_strategy: Literal["error_response"] = "error_response"
+# The file's sections use the route model's constrained types (core/spec.py) under
+# their classic snake_case names, and translate into its layers: `to_settings`,
+# `to_spec`. Every field is optional except where the format always required it;
+# what an entry leaves out is inherited (file globals <- release defaults <- built-ins).
+
+class EndpointOverrides(_Strict):
+    """Per-endpoint overrides of the global circuit breaker (all optional)."""
+
+    failure_threshold: Optional[spec.BreakerCount] = None
+    reset_timeout: Optional[spec.IntervalSeconds] = None
+    half_open_max_calls: Optional[spec.BreakerCount] = None
+
+
+class CircuitBreakerConfig(EndpointOverrides):
+    fallback_strategy: Optional[spec.Fallback] = None
 
 
 class HealthCheckConfig(_Strict):
-    enabled: bool = True
-    interval: float = Field(30, gt=0, le=86_400)
-    timeout: float = Field(10, gt=0, le=3_600)
-    unhealthy_threshold: int = Field(3, ge=1, le=100)
-    healthy_threshold: int = Field(2, ge=1, le=100)
+    enabled: Optional[bool] = None
+    interval: Optional[spec.IntervalSeconds] = None
+    timeout: Optional[spec.CallSeconds] = None
+    unhealthy_threshold: Optional[spec.Threshold] = None
+    healthy_threshold: Optional[spec.Threshold] = None
 
 
-class EndpointOverrides(_Strict):
-    """Per-endpoint overrides of the global sections (all optional)."""
-
-    failure_threshold: Optional[int] = Field(None, ge=1, le=10_000)
-    reset_timeout: Optional[float] = Field(None, gt=0, le=86_400)
-    half_open_max_calls: Optional[int] = Field(None, ge=1, le=10_000)
+_SPEC = spec.EndpointSpec.model_fields
 
 
 class EndpointConfig(_Strict):
     """One entry of `endpoints:`; also the body of `POST /registry/endpoints`."""
 
-    url: str
-    name: str
-    version: str = "v1"
-    methods: list[Method] = Field(default_factory=lambda: ["GET"], min_length=1)
-    auth_type: Literal["none", "bearer", "api_key", "basic"] = "none"
-    disabled: bool = False
-    health_check_path: str = "/health"
-    timeout: Optional[float] = Field(None, gt=0, le=3_600, description="seconds; default 30 (or the release's)")
-    retries: int = Field(0, ge=0, le=5)
-    retry_on_server_error: bool = False
+    url: spec.BackendURL
+    name: spec.RouteName
+    version: spec.Version = _SPEC["version"].default
+    methods: list[spec.Method] = Field(default_factory=_SPEC["methods"].default_factory, min_length=1, max_length=7)
+    auth_type: spec.AuthType = _SPEC["auth_type"].default
+    disabled: bool = _SPEC["disabled"].default
+    health_check_path: Optional[spec.HealthPath] = None
+    timeout: Optional[spec.CallSeconds] = Field(None, description="seconds; default 30 (or the release's)")
+    retries: Optional[spec.RetryAttempts] = None
+    retry_on_server_error: Optional[bool] = None
     circuit_breaker: Optional[EndpointOverrides] = None
-    health_check_interval: Optional[float] = Field(None, gt=0, le=86_400)
+    health_check_interval: Optional[spec.IntervalSeconds] = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not ROUTE_NAME_RE.match(value):
-            raise ValueError(
-                "must be 1-253 letters, digits, '_', '-' or '.', starting and ending "
-                "with a letter or digit (it becomes a URL path segment)"
-            )
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return validate_backend_url(value)
-
-    @field_validator("health_check_path")
-    @classmethod
-    def _hc_path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("must start with '/'")
-        return value
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))  # de-duplicate, keep order
+    def to_spec(self) -> spec.EndpointSpec:
+        """The same entry in the route model (validated already, by the same types)."""
+        cb = EndpointOverrides() if self.circuit_breaker is None else self.circuit_breaker
+        return spec.EndpointSpec.model_construct(
+            url=self.url, route_name=self.name, version=self.version, methods=self.methods,
+            auth_type=self.auth_type, disabled=self.disabled, timeout_seconds=self.timeout,
+            health_check=spec.HealthCheck.model_construct(
+                path=self.health_check_path, interval_seconds=self.health_check_interval),
+            circuit_breaker=spec.CircuitBreaker.model_construct(
+                failure_threshold=cb.failure_threshold, reset_timeout_seconds=cb.reset_timeout,
+                half_open_max_calls=cb.half_open_max_calls),
+            retries=spec.Retries.model_construct(attempts=self.retries, on_server_error=self.retry_on_server_error),
+        )
 
 
 class ConfigFile(_Strict):
@@ -110,30 +96,17 @@ class ConfigFile(_Strict):
     def _level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-
-# Printable ASCII without space: what a request line can carry as-is. A URL with
-# anything else would give a malformed request line on every call.
-_URL_CHARS = re.compile(r"[\x21-\x7e]+").fullmatch
-
-
-def validate_backend_url(value: str) -> str:
-    if not _URL_CHARS(value):
-        raise ValueError("must be printable ASCII without spaces (percent-encode other characters, "
-                         "e.g. %20 for a space; use the punycode form of an international host name)")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("must be an http:// or https:// URL")
-    if not parts.hostname:
-        raise ValueError("must name a host")
-    if parts.query or parts.fragment:
-        raise ValueError("must not carry a query string or fragment")
-    if parts.username or parts.password:
-        raise ValueError("must not carry credentials; callers' auth headers are forwarded")
-    try:
-        parts.port
-    except ValueError as exc:
-        raise ValueError(f"has an invalid port: {exc}") from None
-    return value
+    def to_settings(self) -> spec.Settings:
+        """The file's global sections as one layer of the route model."""
+        cb, hc = self.circuit_breaker, self.health_check
+        return spec.Settings.model_construct(
+            health_check=spec.HealthCheck.model_construct(
+                enabled=hc.enabled, interval_seconds=hc.interval, timeout_seconds=hc.timeout,
+                healthy_threshold=hc.healthy_threshold, unhealthy_threshold=hc.unhealthy_threshold),
+            circuit_breaker=spec.CircuitBreaker.model_construct(
+                failure_threshold=cb.failure_threshold, reset_timeout_seconds=cb.reset_timeout,
+                half_open_max_calls=cb.half_open_max_calls, fallback=cb.fallback_strategy),
+        )
 
 
 @dataclass
@@ -151,77 +124,14 @@ class LoadedConfig:
         return self.parsed and not self.errors
 
 
-def format_validation_error(exc: ValidationError, where: str) -> list[str]:
-    messages = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(entry)"
-        msg = err["msg"].removeprefix("Value error, ")
-        messages.append(f"{where}: {loc}: {msg}")
-    return messages
-
-
 def defaults_from(cfg: ConfigFile, base: model.Defaults) -> model.Defaults:
-    """The file's global sections over `base`: only the fields the file sets count,
-    so a ConfigMap source without them inherits the release's defaults."""
-    cb, hc = cfg.circuit_breaker, cfg.health_check
-    bcb, bhc = base.circuit_breaker, base.health_check
-
-    def pick(section: BaseModel, field: str, fallback: Any) -> Any:
-        return getattr(section, field) if field in section.model_fields_set else fallback
-
-    return model.Defaults(
-        timeout_seconds=base.timeout_seconds,
-        retries=base.retries,
-        health_check=model.HealthCheckSettings(
-            enabled=pick(hc, "enabled", bhc.enabled),
-            path=bhc.path,
-            interval_seconds=pick(hc, "interval", bhc.interval_seconds),
-            timeout_seconds=pick(hc, "timeout", bhc.timeout_seconds),
-            healthy_threshold=pick(hc, "healthy_threshold", bhc.healthy_threshold),
-            unhealthy_threshold=pick(hc, "unhealthy_threshold", bhc.unhealthy_threshold),
-        ),
-        circuit_breaker=model.BreakerSettings(
-            failure_threshold=pick(cb, "failure_threshold", bcb.failure_threshold),
-            reset_timeout_seconds=pick(cb, "reset_timeout", bcb.reset_timeout_seconds),
-            half_open_max_calls=pick(cb, "half_open_max_calls", bcb.half_open_max_calls),
-            fallback=pick(cb, "fallback_strategy", bcb.fallback),
-        ),
-    )
+    """The file's global sections over `base` (a ConfigMap source without them
+    inherits the release's defaults)."""
+    return spec.overlay(base, cfg.to_settings())
 
 
 def route_from_entry(entry: EndpointConfig, defaults: model.Defaults, source: model.Source) -> model.Route:
-    timeout = entry.timeout or defaults.timeout_seconds
-    hc = defaults.health_check
-    hc = model.HealthCheckSettings(
-        enabled=hc.enabled,
-        path=entry.health_check_path,
-        interval_seconds=entry.health_check_interval or hc.interval_seconds,
-        timeout_seconds=min(hc.timeout_seconds, timeout),
-        healthy_threshold=hc.healthy_threshold,
-        unhealthy_threshold=hc.unhealthy_threshold,
-    )
-    cb = defaults.circuit_breaker
-    if entry.circuit_breaker is not None:
-        o = entry.circuit_breaker
-        cb = model.BreakerSettings(
-            failure_threshold=o.failure_threshold or cb.failure_threshold,
-            reset_timeout_seconds=o.reset_timeout or cb.reset_timeout_seconds,
-            half_open_max_calls=o.half_open_max_calls or cb.half_open_max_calls,
-            fallback=cb.fallback,
-        )
-    return model.Route(
-        name=entry.name,
-        url=entry.url,
-        version=entry.version,
-        methods=tuple(entry.methods),
-        auth_type=entry.auth_type,
-        disabled=entry.disabled,
-        timeout_seconds=timeout,
-        health_check=hc,
-        circuit_breaker=cb,
-        retries=model.RetrySettings(attempts=entry.retries, on_server_error=entry.retry_on_server_error),
-        source=source,
-    )
+    return spec.resolve(entry.to_spec(), defaults, entry.name, source)
 
 
 def entry_from_route(route: model.Route) -> dict[str, Any]:
@@ -244,13 +154,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
-def check_link_local(url: str, allowed: bool) -> None:
-    """The SSRF guard at registration time (the upstream client checks the resolved address too)."""
-    host = urlsplit(url).hostname or ""
-    if not allowed and urls.is_link_local(host):
-        raise ValueError(f"url: {host} is link-local: {urls.LINK_LOCAL_HINT}")
-
-
 def parse_config(text: str, source: model.Source, defaults: model.Defaults | None = None,
                  allow_link_local: bool = False) -> LoadedConfig:
     """Parse a config document. The file's global sections override `defaults`
@@ -266,9 +169,10 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
     try:
         cfg = ConfigFile.model_validate(raw)
     except ValidationError as exc:
-        return LoadedConfig(errors=format_validation_error(exc, "config"), parsed=False)
+        return LoadedConfig(errors=spec.format_validation_error(exc, "config"), parsed=False)
 
-    result = LoadedConfig(defaults=defaults_from(cfg, defaults or model.Defaults()), log_level=cfg.log_level)
+    below = model.Defaults() if defaults is None else defaults
+    result = LoadedConfig(defaults=defaults_from(cfg, below), log_level=cfg.log_level)
     seen: dict[str, int] = {}
     for index, item in enumerate(cfg.endpoints):
         label = f"endpoints[{index}]"
@@ -277,13 +181,13 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
         try:
             entry = EndpointConfig.model_validate(item)
         except ValidationError as exc:
-            result.errors.extend(format_validation_error(exc, label))
+            result.errors.extend(spec.format_validation_error(exc, label))
             continue
         if entry.name in seen:
             result.errors.append(f"{label}: name: duplicate of endpoints[{seen[entry.name]}]")
             continue
         try:
-            check_link_local(entry.url, allow_link_local)
+            spec.check_link_local(entry.url, allow_link_local)
         except ValueError as exc:
             result.errors.append(f"{label}: {exc}")
             continue

@@ -4,11 +4,13 @@ A `Route` is what the proxy serves. It is built from a config-file entry
 (standalone), an `Endpoint` resource or a ConfigMap entry (cluster), with the
 global defaults applied, so the proxy never needs to know where it came from.
 Its dict form (camelCase, like the CRD) is the compiled-registry contract.
+The field defaults below are the built-in defaults, the bottom of the overlay
+in core/spec.py (which holds the partial form every source writes, and the bounds).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -84,41 +86,49 @@ class Route:
             "authType": self.auth_type,
             "disabled": self.disabled,
             "timeoutSeconds": float(self.timeout_seconds),
-            "healthCheck": _camel(asdict(self.health_check)),
-            "circuitBreaker": _camel(asdict(self.circuit_breaker)),
-            "retries": _camel(asdict(self.retries)),
-            "source": _camel(asdict(self.source)),
+            "healthCheck": _camel(self.health_check),
+            "circuitBreaker": _camel(self.circuit_breaker),
+            "retries": _camel(self.retries),
+            "source": _camel(self.source),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Route":
-        return cls(
-            name=data["name"],
-            url=data["url"],
-            version=data.get("version", "v1"),
-            methods=tuple(data.get("methods", ("GET",))),
-            auth_type=data.get("authType", "none"),
-            disabled=bool(data.get("disabled", False)),
-            timeout_seconds=float(data.get("timeoutSeconds", 30.0)),
-            health_check=HealthCheckSettings(**_snake(data.get("healthCheck", {}))),
-            circuit_breaker=BreakerSettings(**_snake(data.get("circuitBreaker", {}))),
-            retries=RetrySettings(**_snake(data.get("retries", {}))),
-            source=Source(**_snake(data.get("source", {"kind": "File"}))),
-        )
+        """The inverse of `to_dict`. A key that is absent takes the field's default
+        above (the one place built-in values live), never a fallback written here."""
+        fields: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in _PLAIN:
+                fields[_PLAIN[key]] = value
+            elif key in _SECTIONS:
+                name, kind = _SECTIONS[key]
+                snake = _SNAKE[kind]
+                fields[name] = kind(**{snake.get(k, k): v for k, v in value.items()})
+        if "methods" in fields:
+            fields["methods"] = tuple(fields["methods"])
+        return cls(**fields)
 
 
-def _camel(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        if key.endswith("_seconds"):
-            value = float(value)  # 30 and 30.0 must hash to the same revision
-        head, *rest = key.split("_")
-        out[head + "".join(p.title() for p in rest)] = value
-    return out
+_PLAIN = {"name": "name", "url": "url", "version": "version", "methods": "methods", "authType": "auth_type",
+          "disabled": "disabled", "timeoutSeconds": "timeout_seconds"}
+_SECTIONS: dict[str, tuple[str, Any]] = {
+    "healthCheck": ("health_check", HealthCheckSettings), "circuitBreaker": ("circuit_breaker", BreakerSettings),
+    "retries": ("retries", RetrySettings), "source": ("source", Source)}
 
 
-def _snake(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        out["".join("_" + c.lower() if c.isupper() else c for c in key)] = value
-    return out
+def _camel_key(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+# Per section class: (field, wire key, is a number of seconds). The sections hold
+# plain values only, so reading the slots is what `asdict` did, at a third of the cost.
+_WIRE = {kind: tuple((f, _camel_key(f), f.endswith("_seconds")) for f in kind.__dataclass_fields__)
+         for _, kind in _SECTIONS.values()}
+_SNAKE = {kind: {camel: f for f, camel, _ in keys} for kind, keys in _WIRE.items()}
+
+
+def _camel(section: Any) -> dict[str, Any]:
+    # Seconds as float: 30 and 30.0 must hash to the same revision.
+    return {camel: float(getattr(section, f)) if seconds else getattr(section, f)
+            for f, camel, seconds in _WIRE[type(section)]}

@@ -138,7 +138,7 @@ def run_operator(options: OperatorSettings) -> int:
     settings = Settings(namespace=options.namespace, registry_name=options.registry,
                         defaults=load_defaults(options.defaults), report_stale_seconds=options.report_stale_seconds,
                         status_workers=options.status_workers, debounce_seconds=options.debounce_seconds,
-                        hold_seconds=options.hold_seconds)
+                        hold_seconds=options.hold_seconds, allow_link_local=options.allow_link_local)
     api = kube.api_client(options.kubeconfig)
     fail_fast(api)
     identity = f"{socket.gethostname()}/{os.getpid()}"

@@ -125,6 +125,7 @@ class Pass:
     # A new Endpoint (or generation) usually is programmed within a few hundred ms;
     # holding its status that long makes Accepted+Programmed+Ready one write, not two.
     hold_seconds: float = 1.0
+    allow_link_local: bool = False  # route link-local backends (the SSRF guard's opt-out)
     cache: CompileCache = field(default_factory=CompileCache)
 
     def run(self, inputs: Inputs, changes: Changes, written: Written, contact: Contact, now: Now) -> Plan:
@@ -132,7 +133,7 @@ class Pass:
         everything = written.compiled is None
         if changes.compile or written.compiled is None:
             compiled = compile_registry((seen.obj for seen in inputs.endpoints.values()), inputs.sources.values(),
-                                        self.defaults, written.registry, self.cache)
+                                        self.defaults, written.registry, self.cache, self.allow_link_local)
             if written.compiled is not None:
                 keys |= _verdicts_moved(written.compiled.endpoints, compiled.endpoints)
         else:

@@ -61,6 +61,7 @@ class Settings:
     status_workers: int = 8  # status patches in flight
     retry_seconds: float = 1.0  # after a failed write, and between probes while the API server is away
     peering_seconds: float = 2.0  # how often the peering object is read (a rival pauses writes within this)
+    allow_link_local: bool = False  # route backends at link-local addresses (--allow-link-local)
 
 
 class Debounce:
@@ -174,7 +175,8 @@ class Reconciler:
         self.inputs = Inputs(settings.namespace, settings.registry_name)
         self.written = Written()
         self.contact = Contact()
-        self.pass_ = Pass(settings.defaults, FreshnessRule(settings.report_stale_seconds), settings.hold_seconds)
+        self.pass_ = Pass(settings.defaults, FreshnessRule(settings.report_stale_seconds), settings.hold_seconds,
+                          settings.allow_link_local)
         self.debounce = Debounce(settings.debounce_seconds)
         self.statuses = StatusQueue(writer, settings.status_workers, self.failed, settings.retry_seconds,
                                     self.metrics)

@@ -170,12 +170,31 @@ def test_route_conflict_oldest_wins(stack: Stack, control_plane, backend: Backen
     ({"url": "http://x.example", "timeoutSeconds": -1}, "spec.timeoutSeconds"),
     ({"url": "http://x.example", "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 5}},
      "healthCheck.timeoutSeconds must not exceed healthCheck.intervalSeconds"),
-], ids=["ftp-url", "unknown-method", "negative-timeout", "cel-probe-timeout"])
+    # Issue 8: a URL that no request line can carry is refused up front, with a message that says why.
+    ({"url": "http://x.example/a b"}, "url must be printable ASCII without spaces or control characters"),
+    ({"url": "http://x.example/caf\u00e9"}, "url must be printable ASCII without spaces or control characters"),
+    ({"url": "http://x.example/\tx"}, "url must be printable ASCII without spaces or control characters"),
+    ({"url": "http://x.example", "healthCheck": {"path": "health"}}, "spec.healthCheck.path"),
+], ids=["ftp-url", "unknown-method", "negative-timeout", "cel-probe-timeout", "space-in-url", "non-ascii-url",
+        "control-char-in-url", "health-path-without-slash"])
 def test_schema_rejects_invalid_endpoints(stack: Stack, spec: dict, message: str) -> None:
     result = stack.apply({"apiVersion": "orchestrator.dev/v1alpha1", "kind": "Endpoint",
                           "metadata": {"name": "invalid", "namespace": "default"}, "spec": spec}, check=False)
     assert result.returncode != 0
-    assert "is invalid" in result.stderr and message in result.stderr
+    assert "is invalid" in result.stderr and message in result.stderr, result.stderr
+
+
+def test_a_link_local_backend_is_not_accepted(stack: Stack) -> None:
+    """The SSRF guard in the compiler: the operator runs without --allow-link-local."""
+    stack.apply(endpoint_manifest("cloud-metadata", "http://169.254.169.254/latest"))
+    try:
+        obj = stack.wait_for("cloud-metadata", check=lambda o: stack.condition(o, "Accepted").get("status") == "False")
+        accepted = stack.condition(obj, "Accepted")
+        assert accepted["reason"] == "LinkLocalBackend"
+        assert "169.254.169.254 is link-local" in accepted["message"]
+        assert obj["status"].get("route") is None
+    finally:
+        stack.delete("endpoints.orchestrator.dev", "cloud-metadata")
 
 
 def test_operator_restart_converges_to_what_exists(stack: Stack, backend: Backend) -> None:

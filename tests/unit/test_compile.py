@@ -35,7 +35,8 @@ def _compile(doc: dict[str, Any], previous: Optional[Registry], shuffle: Optiona
     if shuffle is not None:
         shuffle.shuffle(endpoints)
         shuffle.shuffle(configmaps)
-    return compile_registry(endpoints, configmaps, defaults_from_values(doc.get("defaults")), previous)
+    return compile_registry(endpoints, configmaps, defaults_from_values(doc.get("defaults")), previous,
+                            allow_link_local=doc.get("allowLinkLocal", False))
 
 
 def _render(result: Compiled) -> dict[str, Any]:
@@ -81,9 +82,10 @@ def test_a_cache_changes_nothing(case: Path) -> None:
                   for c in doc.get("configmaps", [])]
     defaults = defaults_from_values(doc.get("defaults"))
     cache = CompileCache()
-    plain = _render(compile_registry(endpoints, configmaps, defaults, previous))
+    allow = doc.get("allowLinkLocal", False)
+    plain = _render(compile_registry(endpoints, configmaps, defaults, previous, allow_link_local=allow))
     for _ in range(3):  # cold, then warm twice
-        assert _render(compile_registry(endpoints, configmaps, defaults, previous, cache)) == plain
+        assert _render(compile_registry(endpoints, configmaps, defaults, previous, cache, allow)) == plain
 
 
 def test_the_cache_follows_generations_and_forgets_deleted_endpoints() -> None:

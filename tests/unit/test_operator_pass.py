@@ -24,11 +24,11 @@ class World:
     """Inputs + what was written + a fake clock, with the reconciler's commit step
     (`Written.record`) and none of its I/O."""
 
-    def __init__(self, hold: float = 1.0) -> None:
+    def __init__(self, hold: float = 1.0, allow_link_local: bool = False) -> None:
         self.inputs = Inputs(NS, REGISTRY)
         self.written = Written()
         self.contact = Contact()
-        self.pass_ = Pass(Defaults(), FreshnessRule(HORIZON), hold_seconds=hold)
+        self.pass_ = Pass(Defaults(), FreshnessRule(HORIZON), hold_seconds=hold, allow_link_local=allow_link_local)
         self.mono, self.wall = 100.0, T0
         self.created = 0
 
@@ -354,6 +354,22 @@ def test_a_route_conflict_is_status_and_the_loser_takes_over_when_the_winner_goe
     assert [r.source.namespace for r in plan.registry.routes.values()] == ["team-new"]
     (patch,) = plan.statuses
     assert patch.key == ("team-new", "users") and cond(patch.desired, "Accepted")["status"] == "True"
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_link_local_backend_is_refused_in_status_unless_the_operator_allows_it(allowed: bool) -> None:
+    w = World(allow_link_local=allowed)
+    w.run()
+    w.apply("metadata", url="http://169.254.169.254/latest")
+    w.apply("plain")
+    plan = w.run()
+    assert sorted(plan.registry.routes) == (["metadata", "plain"] if allowed else ["plain"])
+    if not allowed:
+        patch = by_name_ns(plan)[("default", "metadata")]
+        accepted = cond(patch.desired, "Accepted")
+        assert accepted["status"] == "False" and accepted["reason"] == "LinkLocalBackend"
+        assert "169.254.169.254 is link-local" in accepted["message"] and "--allow-link-local" in accepted["message"]
+        assert patch.events[0][:2] == ("Warning", "LinkLocalBackend")
 
 
 def by_name_ns(plan: Plan) -> dict[tuple[str, str], StatusPatch]:
