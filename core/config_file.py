@@ -148,6 +148,9 @@ def entry_from_route(route: model.Route) -> dict[str, Any]:
     }
 
 
+TOO_DEEP = "not a usable configuration: it is nested too deeply (a configuration needs a few levels)"
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
@@ -162,6 +165,8 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return LoadedConfig(errors=[f"not valid YAML: {_yaml_problem(exc)}"], parsed=False)
+    except RecursionError:  # "[[[[…" thousands deep: the parser recurses per level
+        return LoadedConfig(errors=[TOO_DEEP], parsed=False)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -170,6 +175,8 @@ def parse_config(text: str, source: model.Source, defaults: model.Defaults | Non
         cfg = ConfigFile.model_validate(raw)
     except ValidationError as exc:
         return LoadedConfig(errors=spec.format_validation_error(exc, "config"), parsed=False)
+    except RecursionError:
+        return LoadedConfig(errors=[TOO_DEEP], parsed=False)
 
     below = model.Defaults() if defaults is None else defaults
     result = LoadedConfig(defaults=defaults_from(cfg, below), log_level=cfg.log_level)

@@ -149,3 +149,10 @@ def test_entry_round_trip_through_route():
     again = config_file.parse_config(
         config_file.yaml.safe_dump({"endpoints": [entry]}), SRC).routes[0]
     assert isinstance(again, Route) and again == route
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "a: " + "{x: " * 5000 + "1" + "}" * 5000,
+                                  "endpoints: " + "[" * 3000 + "]" * 3000])
+def test_a_document_nested_thousands_deep_is_an_error_not_a_crash(text):
+    loaded = config_file.parse_config(text, Source(kind="File", name="deep.yaml"))
+    assert not loaded.ok and "nested too deeply" in loaded.errors[0]
