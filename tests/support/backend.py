@@ -17,6 +17,8 @@ with different base paths.
                             (control requests excluded; health probes counted under /health)
     /_control/connections   ?prefix=P: {"connections": n} distinct client connections (peer
                             address and port) that carried requests whose path starts with P
+    /_control/calls         {"ids": {id: times}}: every request that carried an `x-call-id`
+                            header, counted per id (a rollout test's lost and duplicated POSTs)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from aiohttp import web
 hits: Counter[str] = Counter()
 peers: set[tuple[str, str]] = set()  # (client "ip:port", raw path): connections per path
 health_status: dict[str, int] = {}
+call_ids: Counter[str] = Counter()
 CHUNK = b"x" * (256 * 1024)
 
 
@@ -63,6 +66,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await control(request)
     kind, args = behaviour(path)
     hits[request.raw_path] += 1
+    call_id = request.headers.get("x-call-id")
+    if call_id is not None:
+        call_ids[call_id] += 1
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     if peer:
         peers.add((f"{peer[0]}:{peer[1]}", request.raw_path))
@@ -112,6 +118,8 @@ async def control(request: web.Request) -> web.Response:
     if request.path == "/_control/connections":
         prefix = request.query.get("prefix", "")
         return web.json_response({"connections": len({p for p, path in peers if path.startswith(prefix)})})
+    if request.path == "/_control/calls":
+        return web.json_response({"ids": dict(call_ids)})
     return web.json_response({"error": "unknown control"}, status=404)
 
 

@@ -44,9 +44,11 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> N
     raise TimeoutError(f"nothing listening on {port} after {timeout}s")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, sig: signal.Signals = signal.SIGINT) -> None:
+    """End a process the test started. SIGINT by default: a proxy skips its
+    SIGTERM drain period on it (tests/proxy/test_drain.py sends SIGTERM itself)."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
