@@ -97,6 +97,8 @@ class RegistryWatcher:
                 head = self._latest
                 revision = (head.data or {}).get("revision") if head is not None else None
                 if head is None or revision == self.state.registry.revision and self.state.ready:
+                    if head is not None:
+                        self.state.registry_refused(None)  # what is served is current again
                     return
                 try:
                     registry = await asyncio.to_thread(kube.read_registry, self.core, self.namespace, self.name, head)
