@@ -187,11 +187,12 @@ def test_scale_down_three_to_one_without_a_failed_call(fleet: Fleet, backend: Ba
     def down() -> list[Leaving]:
         leaving = fleet.terminate(fleet.members()[1:])
         # Each leaving replica said so in its report, and the operator counts it out.
+        def draining(replica: str) -> bool:
+            cm = json.loads(fleet.stack.cp.kubectl("get", "configmap", f"{fleet.stack.registry}-report-{replica}",
+                                                   "-n", fleet.stack.namespace, "-o", "json").stdout)
+            return json.loads(cm["data"]["report.json"]).get("draining") is True
         for item in leaving:
-            name = f"{fleet.stack.registry}-report-{item.proxy.name}"
-            cm = json.loads(fleet.stack.cp.kubectl("get", "configmap", name, "-n", fleet.stack.namespace,
-                                                   "-o", "json").stdout)
-            assert json.loads(cm["data"]["report.json"]).get("draining") is True
+            wait_until(lambda r=item.proxy.name: draining(r), timeout=20, message=f"{item.proxy.name} reports draining")
         fleet.stack.wait_for("rollout", check=lambda o: fleet.stack.condition(o, "Programmed").get("message")
                              == "loaded on 1 of 1 proxy replicas")
         return leaving
