@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import httpx
 import yaml
 
-from support.harness import free_port, stop, wait_until
+from support.harness import free_port, stop, stop_proxy, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "main.py"
@@ -129,7 +129,7 @@ class Stack:
 
     def stop(self) -> None:
         for proxy in self.proxies:
-            stop(proxy.proc)
+            stop_proxy(proxy.proc)
         self.proxies.clear()
         self.stop_operator()
 

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop, wait_ready
+from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop_proxy, wait_ready
 
 from orchestrator.core.config_file import SAMPLE_CONFIG
 
@@ -36,7 +36,7 @@ def test_first_run_creates_the_sample_config_and_accepts_upper_case_level(tmp_pa
         names = [e["name"] for e in httpx.get(f"http://127.0.0.1:{port}/registry/endpoints").json()["endpoints"]]
         assert names == ["httpbin_get", "secure_api"]
     finally:
-        stop(proc)
+        stop_proxy(proc)
     assert b"created a sample configuration" in b"".join(output)
 
 
@@ -55,7 +55,7 @@ def test_flags_win_over_environment(tmp_path, backend):
             httpx.get(f"http://127.0.0.1:{env_port}/health", timeout=1)
         assert not (tmp_path / "absent.yaml").exists()
     finally:
-        stop(proc)
+        stop_proxy(proc)
 
 
 def test_environment_used_without_flags(tmp_path, backend):
@@ -69,7 +69,7 @@ def test_environment_used_without_flags(tmp_path, backend):
         wait_ready(f"http://127.0.0.1:{port}", proc, output)
         assert httpx.get(f"http://127.0.0.1:{port}/config/status").json()["config_path"] == str(config)
     finally:
-        stop(proc)
+        stop_proxy(proc)
 
 
 def test_bad_config_at_startup_exits_non_zero_naming_the_entry(tmp_path):
