@@ -80,6 +80,19 @@ def test_sigterm_drains_serves_in_flight_and_exits_zero(start_proxy, backend) ->
     assert "SIGTERM: draining for 1.5s" in log and "Traceback" not in log
 
 
+def test_a_stream_in_flight_finishes_whole_after_the_ports_close(start_proxy, backend) -> None:
+    proxy = start_proxy(config_yaml([endpoint("drip", f"{backend.url}/drip4", timeout=30)], health={"enabled": False}),
+                        args=("--drain-seconds", "0.5", "--grace-seconds", "15"))
+    with httpx.stream("GET", f"{proxy.url}/orchestrator/drip/drip/5", timeout=30) as response:
+        lines = response.iter_lines()
+        assert next(lines) == "line 0"  # the answer has started: the stream is in flight
+        proxy.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: refuses(proxy.port), timeout=20, message="the traffic port closed after the drain")
+        rest = list(lines)
+    assert rest == [f"line {i}" for i in range(1, 10)]
+    assert proxy.proc.wait(timeout=30) == 0
+
+
 def test_a_second_signal_skips_the_drain(start_proxy, backend) -> None:
     proxy = start_proxy(config_yaml([endpoint("drain", f"{backend.url}/drain2")], health={"enabled": False}),
                         args=("--drain-seconds", "600"))

@@ -8,6 +8,7 @@ with different base paths.
     /status/{code}          answer {code} with a JSON body and x-backend: yes
     /slow/{seconds}         sleep, then echo
     /download/{bytes}       stream that many bytes (?chunked=1: no Content-Length)
+    /drip/{seconds}         a chunked stream of 10 lines, one every seconds/10 (a long stream)
     /upload                 read the body as a stream, answer {"received": n}
     /hop                    a response carrying hop-by-hop headers
     /health[/{key}]         200, or what /_control/health?key=&status= set
@@ -40,7 +41,7 @@ CHUNK = b"x" * (256 * 1024)
 def behaviour(path: str) -> tuple[str, list[str]]:
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):
-        if part in ("status", "slow", "download", "upload", "hop", "health"):
+        if part in ("status", "slow", "download", "drip", "upload", "hop", "health"):
             return part, parts[i + 1:]
     return "echo", parts
 
@@ -90,6 +91,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
             piece = CHUNK[: min(len(CHUNK), total - sent)]
             await resp.write(piece)
             sent += len(piece)
+        await resp.write_eof()
+        return resp
+    if kind == "drip":
+        resp = web.StreamResponse(headers={"content-type": "text/plain"})
+        await resp.prepare(request)
+        for i in range(10):
+            await resp.write(b"line %d\n" % i)
+            await asyncio.sleep(float(args[0]) / 10)
         await resp.write_eof()
         return resp
     if kind == "upload":
