@@ -11,6 +11,12 @@ Registry (operator -> proxies), for a registry named R:
 Reports (proxies -> operator):
   ConfigMap R-report-<replica>, labelled REPORT_LABEL=R, data report.json
   (routes: health, breaker, uid, generation) and heartbeat (its own key).
+
+Versions (issue 11, mixed releases during an upgrade): every shard names its
+registry format (core/registry.py FORMAT), and a proxy keeps its last good
+registry when it meets one it does not know. A report carries `format`
+(absent: 1, the first release); readers take the fields they know and ignore
+the rest, so an operator reads the reports of older and newer proxies alike.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ REPORT_LABEL = "orchestrator.dev/report"  # on report ConfigMaps (value: R)
 REGISTRY_KEY = "registry.json"
 REPORT_KEY = "report.json"
 HEARTBEAT_KEY = "heartbeat"
+REPORT_FORMAT = 2  # 2 added draining and registryError
 MAX_SHARDS = 32  # 32 x 900 KiB: room for far more than 10,000 endpoints; RBAC lists the names
 
 
@@ -55,15 +62,23 @@ class Report:
     heartbeat: float  # wall-clock seconds; the operator ignores stale reports
     revision: str
     routes: dict[str, RouteReport] = field(default_factory=dict)
+    # SIGTERM arrived: the replica is leaving, the operator counts it out of Programmed.
+    draining: bool = False
+    # Why the replica does not serve the registry the operator wrote (e.g. an unknown format).
+    registry_error: str = ""
+    format: int = REPORT_FORMAT
 
     def to_data(self) -> dict[str, str]:
         """ConfigMap data. The heartbeat has a key of its own, so a reader can tell
         a heartbeat-only write from new content without parsing every route."""
-        body = json.dumps(
-            {"replica": self.replica, "revision": self.revision,
-             "routes": {n: [r.health, r.breaker, r.uid, r.generation] for n, r in sorted(self.routes.items())}},
-            separators=(",", ":"),
-        )
+        doc: dict[str, Any] = {
+            "format": self.format, "replica": self.replica, "revision": self.revision,
+            "routes": {n: [r.health, r.breaker, r.uid, r.generation] for n, r in sorted(self.routes.items())}}
+        if self.draining:
+            doc["draining"] = True
+        if self.registry_error:
+            doc["registryError"] = self.registry_error
+        body = json.dumps(doc, separators=(",", ":"))
         return {REPORT_KEY: body, HEARTBEAT_KEY: f"{self.heartbeat:.3f}"}
 
     @classmethod
@@ -75,13 +90,18 @@ class Report:
         if known is not None and text == known_text:
             return replace(known, heartbeat=heartbeat)
         parsed: dict[str, Any] = json.loads(text)
+        # Only the fields this release knows; a newer proxy's extra keys (and extra
+        # items in a route's list) are ignored, an older one's missing keys default.
         return cls(
             replica=str(parsed["replica"]),
             heartbeat=heartbeat,
             revision=str(parsed.get("revision", "")),
-            routes={n: RouteReport(*v) for n, v in parsed.get("routes", {}).items()},
+            routes={n: RouteReport(*v[:4]) for n, v in parsed.get("routes", {}).items()},
+            draining=parsed.get("draining") is True,
+            registry_error=str(parsed.get("registryError", "")),
+            format=int(parsed.get("format", 1)),
         )
 
-    def content(self) -> tuple[str, dict[str, RouteReport]]:
+    def content(self) -> tuple[str, dict[str, RouteReport], bool, str]:
         """Everything but the heartbeat: a change here is worth a write now."""
-        return self.revision, self.routes
+        return self.revision, self.routes, self.draining, self.registry_error

@@ -15,9 +15,15 @@ from typing import Any, Iterable, Mapping, Optional
 
 from orchestrator.core.model import Route
 
-FORMAT = "orchestrator.dev/registry/v1"
+FORMAT_VERSION = 1
+FORMAT = f"orchestrator.dev/registry/v{FORMAT_VERSION}"
 # A ConfigMap holds at most 1 MiB in total; keep room for metadata and keys.
 SHARD_BYTES = 900 * 1024
+
+
+class UnknownFormat(ValueError):
+    """The registry was written in a format this release cannot read (a newer
+    operator): the proxy keeps serving its last good registry and says why."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,8 @@ def decode_shards(documents: Iterable[str]) -> Registry:
         raise ValueError(f"shards from different revisions: {sorted(map(str, revisions))}")
     formats = {p.get("format") for p in parsed}
     if formats != {FORMAT}:
-        raise ValueError(f"unknown registry format {sorted(map(str, formats))}, expected {FORMAT!r}")
+        raise UnknownFormat(f"registry format {', '.join(sorted(map(str, formats)))} is not known to this proxy "
+                            f"(it reads {FORMAT}); keeping the last good registry until the proxy is upgraded")
     count = parsed[0]["count"]
     indexes = sorted(p["index"] for p in parsed)
     if indexes != list(range(count)):

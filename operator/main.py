@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from orchestrator import kube
 from orchestrator.core import compile as compiler
 from orchestrator.core import contract
-from orchestrator.core.registry import Registry
+from orchestrator.core.registry import Registry, UnknownFormat
 from orchestrator.operator.handlers import build_registry, memo_for
 from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.probes import KopfRetryFilter, Probes
@@ -90,6 +90,10 @@ def list_everything(settings: Settings, api: client.ApiClient, namespaces: Optio
         snap.registry = kube.read_registry(core, settings.namespace, settings.registry_name, head)
         snap.shards = int((head.data or {}).get("shards", "1"))
         log.info("found registry revision %s with %d routes", snap.registry.revision, len(snap.registry.routes))
+    except UnknownFormat as exc:
+        # Written by a newer release (a rollback of the operator): this release writes
+        # its own format again, which every proxy release reads.
+        log.warning("the registry was written by a newer release (%s): it will be rewritten", exc)
     except (kube.RegistryNotReady, ApiException) as exc:
         log.info("no usable registry yet (%s): it will be written", getattr(exc, "reason", exc))
     return snap

@@ -29,9 +29,15 @@ class Aggregate:
 
 
 def aggregate(reports: Iterable[Report], route: str, uid: str, generation: Optional[int], disabled: bool) -> Aggregate:
-    """Combine the fresh reports of all replicas for one Endpoint's route."""
+    """Combine the fresh reports of all replicas for one Endpoint's route.
+
+    A draining replica (SIGTERM, leaving within seconds) counts neither as
+    reporting nor as programmed: a rollout or scale-down then never shows an
+    Endpoint as loaded on fewer replicas than report, so Ready does not flap."""
     reporting = programmed = healthy = unhealthy = opened = half = 0
     for report in reports:
+        if report.draining:
+            continue
         reporting += 1
         seen = report.routes.get(route)
         if seen is None or generation is None or seen.uid != uid or seen.generation != generation:

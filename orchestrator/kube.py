@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from orchestrator.core import contract
-from orchestrator.core.registry import Registry, decode_shards
+from orchestrator.core.registry import Registry, UnknownFormat, decode_shards
 from orchestrator.serviceaccount import ServiceAccount, TokenFile
 
 log = logging.getLogger(__name__)
@@ -112,5 +112,7 @@ def read_registry(core: client.CoreV1Api, namespace: str, name: str,
         documents.append((shard.data or {}).get(contract.REGISTRY_KEY, ""))
     try:
         return decode_shards(documents)
+    except UnknownFormat:
+        raise  # not a half-written set: re-reading will not help
     except (ValueError, KeyError) as exc:
         raise RegistryNotReady(str(exc)) from None

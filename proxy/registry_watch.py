@@ -17,6 +17,7 @@ from typing import Any, Optional
 from kubernetes import client, watch
 
 from orchestrator import kube
+from orchestrator.core.registry import UnknownFormat
 from orchestrator.proxy.state import AppState
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,20 @@ class RegistryWatcher:
                 head = self._latest
                 revision = (head.data or {}).get("revision") if head is not None else None
                 if head is None or revision == self.state.registry.revision and self.state.ready:
+                    if head is not None:
+                        self.state.registry_refused(None)  # what is served is current again
                     return
                 try:
                     registry = await asyncio.to_thread(kube.read_registry, self.core, self.namespace, self.name, head)
+                except UnknownFormat as exc:
+                    # A newer operator's registry (mixed releases during an upgrade): keep
+                    # serving the last good one and stay Ready; the next change retries.
+                    if self.state.registry_problem != str(exc):
+                        log.warning("registry revision %s not loaded: %s (serving revision %s)", revision, exc,
+                                    self.state.registry.revision or "(none)")
+                    self.last_error = str(exc)
+                    self.state.registry_refused(str(exc))
+                    return
                 except kube.RegistryNotReady as exc:
                     # Shards mid-write: the operator writes the head last, so a retry settles it.
                     self.last_error = str(exc)

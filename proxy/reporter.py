@@ -60,7 +60,8 @@ class Reporter:
             for name, rt in self.state.table.routes.items()
         }
         return contract.Report(replica=self.replica, heartbeat=time.time(),
-                               revision=self.state.registry.revision, routes=routes)
+                               revision=self.state.registry.revision, routes=routes,
+                               draining=self.state.draining, registry_error=self.state.registry_problem or "")
 
     async def _run(self) -> None:
         last_write = 0.0

@@ -91,7 +91,7 @@ async def serve(state: AppState, listeners: list[Listener], settings: ServeSetti
     def on_signal(sig: signal.Signals) -> None:
         nonlocal stopping
         if sig is signal.SIGTERM and stopping is None and settings.drain_seconds > 0:
-            state.draining = True
+            state.begin_drain()
             drain.begin()
             for server in servers:
                 for connection in list(server.server_state.connections):

@@ -38,6 +38,9 @@ class AppState:
         self.ready = False  # True once a registry has been loaded
         self.allow_link_local = allow_link_local  # the SSRF guard's opt-out (--allow-link-local)
         self.draining = False  # SIGTERM arrived: /readyz says 503 so traffic moves elsewhere
+        # Why the newest registry was not loaded (e.g. a format from a newer release); the
+        # last good one is still served. Shown in /readyz and the cluster report.
+        self.registry_problem: Optional[str] = None
         self.statuses: dict[str, str] = {}  # admin status overrides (standalone)
         self.health = HealthMonitor(self.metrics, concurrency=health_check_concurrency, clock=clock,
                                     on_change=lambda target, h: self.notify())
@@ -55,9 +58,21 @@ class AppState:
         self.table = table
         self.registry_loaded_at = time.time()
         self.ready = True
+        self.registry_problem = None
         self.health.update(table)
         log.info("registry revision %s loaded: %d routes", registry.revision or "(empty)", len(registry.routes))
         self.notify()
+
+    def begin_drain(self) -> None:
+        """SIGTERM: /readyz turns 503, and the report says so (the operator counts this replica out)."""
+        self.draining = True
+        self.notify()
+
+    def registry_refused(self, problem: Optional[str]) -> None:
+        """Record (or clear, with None) why the newest registry is not served."""
+        if problem != self.registry_problem:
+            self.registry_problem = problem
+            self.notify()
 
     def set_status(self, name: str, status: str) -> None:
         self.statuses[name] = status

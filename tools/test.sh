@@ -2,7 +2,8 @@
 # The project's test command (README "Quick start"): installs what the tests
 # need, builds the local Kubernetes control plane if it changed (cached), and
 # runs every tier: unit, proxy (real processes), cluster (real kube-apiserver),
-# image (the Dockerfile built and run with podman, installed from Debian's archive).
+# image (the Dockerfile built and run with podman, installed from Debian's archive);
+# the rollout tests put HAProxy (also from Debian's archive) in front of the proxies.
 # Extra arguments go to pytest, e.g. `tools/test.sh tests/unit -q`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,15 @@ if ! tools/image/install.sh; then
     exit 1
   fi
   echo "tools/test.sh: WARNING: cannot install the container tools: the image tier (tests/image) will be SKIPPED" >&2
+fi
+
+# HAProxy, the load balancer in front of the proxies in tests/cluster/test_rollout.py.
+if ! tools/lb/install.sh; then
+  if [[ "${CI:-}" == true ]]; then
+    echo "tools/test.sh: cannot install haproxy: CI must run the rollout tests" >&2
+    exit 1
+  fi
+  echo "tools/test.sh: WARNING: cannot install haproxy: tests/cluster/test_rollout.py will be SKIPPED" >&2
 fi
 
 set +e

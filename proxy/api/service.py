@@ -53,6 +53,9 @@ async def livez() -> dict[str, str]:
 async def readyz(state: AppState = Depends(get_state)) -> JSONResponse:
     body = {"ready": state.ready and not state.draining, "draining": state.draining,
             "registry_revision": state.registry.revision, "endpoints": len(state.table.routes)}
+    if state.registry_problem:
+        # Still Ready: the last good registry is served (a newer format waits for a newer proxy).
+        body["registry_problem"] = state.registry_problem
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -24,6 +25,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from controlplane import ControlPlane  # noqa: E402
+from support.harness import Backend, start_backend, stop  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,3 +55,11 @@ def control_plane() -> ControlPlane:
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    """One controllable backend per module (modules that want one per test define their own)."""
+    b = start_backend()
+    yield b
+    stop(b.proc)

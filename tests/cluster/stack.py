@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import httpx
 import yaml
 
-from support.harness import free_port, stop, wait_until
+from support.harness import free_port, stop, stop_proxy, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "main.py"
@@ -96,14 +96,21 @@ class Stack:
             stop(self.operator.proc)
             self.operator = None
 
-    def _start_proxy(self, replica: str) -> Process:
+    def _start_proxy(self, replica: str, *extra: str) -> Process:
         kubeconfig = self.proxy_kubeconfig or self.cp.kubeconfig
         port = free_port()
         return self._spawn(
             f"proxy-{replica}", ["proxy", "--kubeconfig", str(kubeconfig), "--namespace", self.namespace,
                                  "--registry", self.registry, "--host", "127.0.0.1", "--port", str(port), "--replica-id", replica,
-                                 "--log-level", "info"],
+                                 "--log-level", "info", *extra],
             env={"ORCHESTRATOR_REPORT_INTERVAL": "1"}, port=port)
+
+    def add_proxy(self, replica: str, *extra: str) -> Process:
+        """Start one more replica (extra proxy flags after the usual ones) and wait until it is Ready."""
+        proxy = self._start_proxy(replica, *extra)
+        self.proxies.append(proxy)
+        wait_until(lambda: self._ready(proxy), timeout=60, message=f"proxy {replica} ready")
+        return proxy
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], port: int) -> Process:
         log_path = self.workdir / f"{name}.log"
@@ -122,7 +129,7 @@ class Stack:
 
     def stop(self) -> None:
         for proxy in self.proxies:
-            stop(proxy.proc)
+            stop_proxy(proxy.proc)
         self.proxies.clear()
         self.stop_operator()
 

@@ -137,7 +137,8 @@ def chart_proxy(cp: Any, stack: Stack, fullname: str, kubeconfig: Path, replica:
     c = container(cp, stack.namespace, f"{fullname}-proxy")
     assert c["args"][0] == "proxy"
     port = free_port()
-    args = with_flags(c["args"], kubeconfig=str(kubeconfig), host="127.0.0.1", port=str(port), replica_id=replica)
+    args = with_flags(c["args"], kubeconfig=str(kubeconfig), host="127.0.0.1", port=str(port), replica_id=replica,
+                      admin_host="127.0.0.1", admin_port=str(free_port()))
     env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     env.update(ORCHESTRATOR_REPORT_INTERVAL="1", TMPDIR=str(stack.workdir))
     proxy = stack._spawn(f"proxy-{replica}", args, env=env, port=port)
@@ -234,6 +235,29 @@ def test_rendered_manifests_validate_against_the_api_server(control_plane, featu
         assert "replicas" not in proxy, "the HPA owns the replica count"
     else:
         assert proxy["replicas"] == 2
+    pod = proxy["template"]["spec"]
+    service = by_kind[("Service", "dry-orchestrator")]["spec"]
+    assert [p["targetPort"] for p in service["ports"]] == ["http"], "the admin port stays out of the traffic Service"
+    if feature in ("servicemonitor", "all-features"):
+        metrics = by_kind[("Service", "dry-orchestrator-proxy-metrics")]
+        assert [p["targetPort"] for p in metrics["spec"]["ports"]] == ["admin"]
+        monitor = by_kind[("ServiceMonitor", "dry-orchestrator-proxy")]["spec"]
+        assert monitor["endpoints"][0]["port"] == "admin" and monitor["endpoints"][0]["path"] == "/metrics"
+        # It selects the metrics Service only, not the traffic Service.
+        selector = monitor["selector"]["matchLabels"]
+        assert selector.items() <= metrics["metadata"]["labels"].items()
+        assert not selector.items() <= by_kind[("Service", "dry-orchestrator")]["metadata"]["labels"].items()
+    if feature == "all-features":
+        rules = by_kind[("NetworkPolicy", "dry-orchestrator-proxy")]["spec"]["ingress"]
+        assert [[p["port"] for p in r["ports"]] for r in rules] == [["http"], ["admin"]]
+        assert rules[1]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        args = pod["containers"][0]["args"]
+        assert {"--allow-link-local", "--drain-seconds=2.5", "--grace-seconds=40", "--max-connections=5000",
+                "--max-header-bytes=1048576"} <= set(args)
+        assert pod["terminationGracePeriodSeconds"] == 48  # ceil(2.5 + 40) + 5
+    if feature == "networkpolicy":
+        rules = by_kind[("NetworkPolicy", "dry-orchestrator-proxy")]["spec"]["ingress"]
+        assert [[p["port"] for p in r["ports"]] for r in rules] == [["http"]], "no rule opens the admin port"
     if feature == "namespaces":
         roles = sorted(o["metadata"]["namespace"] for o in objects
                        if o["kind"] == "Role" and o["metadata"]["name"] == "dry-orchestrator-operator")
@@ -260,7 +284,18 @@ BAD_VALUES = {
                     "at '/defaults/circuitBreaker': additional properties 'threshold' not allowed"),
     "unknown-fallback": (["--set", "defaults.circuitBreaker.fallback=cached"],
                          "at '/defaults/circuitBreaker/fallback': value must be 'error_response'"),
+    "negative-drain": (["--set", "proxy.drainSeconds=-1"], "at '/proxy/drainSeconds': minimum: got -1, want 0"),
+    "tiny-header-cap": (["--set", "proxy.limits.maxHeaderBytes=10"],
+                        "at '/proxy/limits/maxHeaderBytes': minimum: got 10, want 1,024"),
 }
+
+
+def test_a_termination_grace_shorter_than_drain_and_grace_fails_the_render(control_plane) -> None:
+    result = control_plane.helm("template", "t", str(CHART), "--kube-version", KUBE_VERSION,
+                                "--set", "proxy.terminationGracePeriodSeconds=20", check=False)
+    assert result.returncode != 0
+    assert ("proxy.terminationGracePeriodSeconds (20) must exceed proxy.drainSeconds + proxy.graceSeconds (25)"
+            in result.stderr), result.stderr
 
 
 @pytest.mark.parametrize("case", list(BAD_VALUES))
@@ -311,15 +346,23 @@ def test_install_upgrade_with_new_defaults_and_uninstall(control_plane, tmp_path
         pc = px["template"]["spec"]["containers"][0]
         assert px["template"]["spec"]["serviceAccountName"] == "orchestrator-proxy"
         assert pc["args"] == ["proxy", f"--namespace={ns}", "--registry=orchestrator-registry", "--host=0.0.0.0",
-                              "--port=8000", "--log-level=info"]
+                              "--port=8000", "--admin-host=0.0.0.0", "--admin-port=9090", "--log-level=info",
+                              "--drain-seconds=5", "--grace-seconds=20", "--max-connections=0", "--head-timeout=10",
+                              "--keepalive-timeout=60", "--max-request-line=8192", "--max-header-bytes=65536",
+                              "--max-headers=100"]
+        assert {p["name"]: p["containerPort"] for p in pc["ports"]} == {"http": 8000, "admin": 9090}
+        # The drain (5 s) and the grace for in-flight calls (20 s) fit in the Pod's grace period.
+        assert px["template"]["spec"]["terminationGracePeriodSeconds"] == 30
         assert pc["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert pc["readinessProbe"]["httpGet"]["port"] == pc["livenessProbe"]["httpGet"]["port"] == "http"
         assert pc["livenessProbe"]["httpGet"]["path"] == "/livez"
         downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in pc["env"] if "valueFrom" in e}
         assert downward == {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid"}
         assert pc["securityContext"]["readOnlyRootFilesystem"] is True
 
         svc = get_json(cp, "service", "orchestrator", "-n", ns)["spec"]
-        assert svc["ports"][0]["port"] == 80 and svc["ports"][0]["targetPort"] == "http"
+        # The traffic Service: the traffic port only, never the admin port.
+        assert [(p["port"], p["targetPort"]) for p in svc["ports"]] == [(80, "http")]
         assert svc["selector"]["app.kubernetes.io/component"] == "proxy"
         assert yaml.safe_load(get_json(cp, "configmap", "orchestrator-defaults", "-n", ns)["data"]["defaults.yaml"]) \
             == yaml.safe_load((CHART / "values.yaml").read_text())["defaults"]

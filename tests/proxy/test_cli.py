@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop, wait_ready, wait_until
+from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop_proxy, wait_ready, wait_until
 
 from orchestrator.core.config_file import SAMPLE_CONFIG
 
@@ -39,7 +39,7 @@ def test_first_run_creates_the_sample_config_and_accepts_upper_case_level(tmp_pa
         names = [e["name"] for e in httpx.get(f"http://127.0.0.1:{port}/registry/endpoints").json()["endpoints"]]
         assert names == ["httpbin_get", "secure_api"]
     finally:
-        stop(proc)
+        stop_proxy(proc)
     assert b"created a sample configuration" in b"".join(output)
 
 
@@ -58,7 +58,7 @@ def test_flags_win_over_environment(tmp_path, backend):
             httpx.get(f"http://127.0.0.1:{env_port}/health", timeout=1)
         assert not (tmp_path / "absent.yaml").exists()
     finally:
-        stop(proc)
+        stop_proxy(proc)
 
 
 def test_environment_used_without_flags(tmp_path, backend):
@@ -72,7 +72,7 @@ def test_environment_used_without_flags(tmp_path, backend):
         wait_ready(f"http://127.0.0.1:{port}", proc, output)
         assert httpx.get(f"http://127.0.0.1:{port}/config/status").json()["config_path"] == str(config)
     finally:
-        stop(proc)
+        stop_proxy(proc)
 
 
 def test_bad_config_at_startup_exits_non_zero_naming_the_entry(tmp_path):
@@ -132,7 +132,7 @@ def test_json_access_log_has_one_line_per_call(tmp_path, backend):
             return [e for e in lines if e["logger"] == "orchestrator.proxy.access_log"]
         entries = wait_until(lambda: access_lines() if len(access_lines()) >= 2 else None, message="two access lines")
     finally:
-        stop(proc)
+        stop_proxy(proc)
     ok, missing = entries
     assert ok["request_id"] == "req-42" and ok["route"] == "svc" and ok["method"] == "GET"
     assert ok["status"] == 200 and ok["bytes"] == len(r.content) and ok["path"] == "/orchestrator/svc/thing"

@@ -8,6 +8,7 @@ with different base paths.
     /status/{code}          answer {code} with a JSON body and x-backend: yes
     /slow/{seconds}         sleep, then echo
     /download/{bytes}       stream that many bytes (?chunked=1: no Content-Length)
+    /drip/{seconds}         a chunked stream of 10 lines, one every seconds/10 (a long stream)
     /upload                 read the body as a stream, answer {"received": n}
     /hop                    a response carrying hop-by-hop headers
     /health[/{key}]         200, or what /_control/health?key=&status= set
@@ -17,6 +18,8 @@ with different base paths.
                             (control requests excluded; health probes counted under /health)
     /_control/connections   ?prefix=P: {"connections": n} distinct client connections (peer
                             address and port) that carried requests whose path starts with P
+    /_control/calls         {"ids": {id: times}}: every request that carried an `x-call-id`
+                            header, counted per id (a rollout test's lost and duplicated POSTs)
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from aiohttp import web
 hits: Counter[str] = Counter()
 peers: set[tuple[str, str]] = set()  # (client "ip:port", raw path): connections per path
 health_status: dict[str, int] = {}
+call_ids: Counter[str] = Counter()
 CHUNK = b"x" * (256 * 1024)
 
 
 def behaviour(path: str) -> tuple[str, list[str]]:
     parts = [p for p in path.split("/") if p]
     for i, part in enumerate(parts):
-        if part in ("status", "slow", "download", "upload", "hop", "health"):
+        if part in ("status", "slow", "download", "drip", "upload", "hop", "health"):
             return part, parts[i + 1:]
     return "echo", parts
 
@@ -63,6 +67,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await control(request)
     kind, args = behaviour(path)
     hits[request.raw_path] += 1
+    call_id = request.headers.get("x-call-id")
+    if call_id is not None:
+        call_ids[call_id] += 1
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     if peer:
         peers.add((f"{peer[0]}:{peer[1]}", request.raw_path))
@@ -84,6 +91,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
             piece = CHUNK[: min(len(CHUNK), total - sent)]
             await resp.write(piece)
             sent += len(piece)
+        await resp.write_eof()
+        return resp
+    if kind == "drip":
+        resp = web.StreamResponse(headers={"content-type": "text/plain"})
+        await resp.prepare(request)
+        for i in range(10):
+            await resp.write(b"line %d\n" % i)
+            await asyncio.sleep(float(args[0]) / 10)
         await resp.write_eof()
         return resp
     if kind == "upload":
@@ -112,6 +127,8 @@ async def control(request: web.Request) -> web.Response:
     if request.path == "/_control/connections":
         prefix = request.query.get("prefix", "")
         return web.json_response({"connections": len({p for p, path in peers if path.startswith(prefix)})})
+    if request.path == "/_control/calls":
+        return web.json_response({"ids": dict(call_ids)})
     return web.json_response({"error": "unknown control"}, status=404)
 
 

@@ -44,9 +44,10 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> N
     raise TimeoutError(f"nothing listening on {port} after {timeout}s")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> None:
+    """End a process the test started."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -144,7 +145,7 @@ class Proxy:
     def stop(self) -> None:
         for c in self.clients:
             c.close()
-        stop(self.proc)
+        stop_proxy(self.proc)
 
 
 def launch(workdir: Path, config: Optional[str], args: tuple[str, ...] = (), env: Optional[dict] = None,
@@ -161,6 +162,12 @@ def launch(workdir: Path, config: Optional[str], args: tuple[str, ...] = (), env
            "--log-level", "warning", *args]
     proc = subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return proc, port, config_path
+
+
+def stop_proxy(proc: subprocess.Popen) -> None:
+    """End a proxy without its SIGTERM drain period (SIGINT skips it), so a test
+    does not wait --drain-seconds per proxy; tests/proxy/test_drain.py sends SIGTERM."""
+    stop(proc, signal.SIGINT)
 
 
 def drain(proc: subprocess.Popen) -> list[bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from orchestrator.core import contract
 
 
@@ -26,3 +28,29 @@ def test_shard_and_report_names() -> None:
     assert len(contract.shard_names("r")) == contract.MAX_SHARDS
     assert contract.report_name("reg", "pod-abc") == "reg-report-pod-abc"
     assert len(contract.report_name("r" * 200, "p" * 200)) == 253
+
+
+def test_report_format_draining_and_registry_error_round_trip() -> None:
+    report = contract.Report("r1", 5.0, "abc", {}, draining=True, registry_error="unknown registry format")
+    data = report.to_data()
+    assert json.loads(data[contract.REPORT_KEY])["format"] == contract.REPORT_FORMAT
+    again = contract.Report.from_data(data)
+    assert (again.draining, again.registry_error, again.format) == (True, "unknown registry format", 2)
+    assert again.content() != contract.Report("r1", 5.0, "abc", {}).content()  # draining is news: write now
+
+
+def test_a_first_release_report_reads_with_defaults() -> None:
+    # What a proxy of the first release wrote: no format, no draining.
+    data = {contract.REPORT_KEY: '{"replica":"old","revision":"abc","routes":{"pay":["Healthy","Closed","u1",4]}}',
+            contract.HEARTBEAT_KEY: "10.000"}
+    old = contract.Report.from_data(data)
+    assert (old.format, old.draining, old.registry_error) == (1, False, "")
+    assert old.routes == {"pay": contract.RouteReport("Healthy", "Closed", "u1", 4)}
+
+
+def test_a_newer_report_reads_the_known_fields_and_ignores_the_rest() -> None:
+    text = json.dumps({"format": 7, "replica": "new", "revision": "abc", "draining": True, "shiny": {"x": 1},
+                       "routes": {"pay": ["Healthy", "Open", "u1", 4, "an extra item", 9]}})
+    new = contract.Report.from_data({contract.REPORT_KEY: text, contract.HEARTBEAT_KEY: "1"})
+    assert new.format == 7 and new.draining is True
+    assert new.routes == {"pay": contract.RouteReport("Healthy", "Open", "u1", 4)}

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from orchestrator.core.model import BreakerSettings, HealthCheckSettings, Route, RetrySettings, Source
-from orchestrator.core.registry import Registry, decode_shards, encode_shards, revision_of
+from orchestrator.core.registry import FORMAT, Registry, UnknownFormat, decode_shards, encode_shards, revision_of
 
 
 def route(i: int, **kw) -> Route:
@@ -75,6 +75,15 @@ def test_incomplete_or_duplicated_set_refused():
     bad["format"] = "something/else"
     with pytest.raises(ValueError, match="format"):
         decode_shards([json.dumps(bad)] + shards[1:])
+
+
+def test_a_newer_format_is_its_own_error_naming_both_formats():
+    # A newer operator's registry, even with entries this release cannot parse.
+    newer = json.dumps({"count": 1, "index": 0, "revision": "r999", "format": "orchestrator.dev/registry/v999",
+                        "endpoints": [{"a shape": "from the future"}]})
+    with pytest.raises(UnknownFormat) as caught:
+        decode_shards([newer])
+    assert "orchestrator.dev/registry/v999" in str(caught.value) and FORMAT in str(caught.value)
 
 
 def test_revision_stable_under_reordering_and_sensitive_to_content():

@@ -31,6 +31,22 @@ def test_programmed_counts_replicas_serving_this_generation() -> None:
     assert cond(st, "Ready") | {"type": "Programmed"} == cond(st, "Programmed")
 
 
+def test_a_draining_replica_counts_neither_as_reporting_nor_programmed() -> None:
+    # Three replicas, one received SIGTERM and still reports the current generation; a
+    # new one has not loaded it yet: 1 of 2, the leaving replica changes nothing.
+    leaving = report("old")
+    leaving.draining = True
+    agg = status.aggregate([report("a"), report("b"), leaving], "pay", "u1", 3, disabled=False)
+    assert (agg.reporting, agg.programmed) == (2, 2)
+    st = status.desired_status(ACCEPTED, agg, 3, None, "T0")
+    assert cond(st, "Ready")["status"] == "True" and cond(st, "Ready")["message"] == "loaded on 2 of 2 proxy replicas"
+    # A draining replica that is behind (it will never load the new generation) does not hold Ready back.
+    behind = report("old", generation=2)
+    behind.draining = True
+    agg = status.aggregate([report("a"), behind], "pay", "u1", 3, disabled=False)
+    assert status.desired_status(ACCEPTED, agg, 3, st, "T1")["conditions"][2]["status"] == "True"
+
+
 def test_a_report_for_another_uid_does_not_count() -> None:
     agg = status.aggregate([report("a", uid="someone-else")], "pay", "u1", 3, disabled=False)
     assert agg.programmed == 0 and agg.health == "Unknown"

@@ -165,3 +165,21 @@ Python's tempfile (and libraries that use it) need a writable directory.
   emptyDir:
     sizeLimit: 64Mi
 {{- end }}
+
+{{/*
+The proxy Pod's terminationGracePeriodSeconds: the drain, then the grace for
+in-flight calls, plus 5 s for the process to exit. A value that leaves less
+than drain + grace fails the render: the kubelet would cut calls off.
+*/}}
+{{- define "orchestrator.proxyTerminationGrace" -}}
+{{- $p := .Values.proxy -}}
+{{- $needed := addf $p.drainSeconds $p.graceSeconds | ceil | int -}}
+{{- if $p.terminationGracePeriodSeconds -}}
+{{- if le (int $p.terminationGracePeriodSeconds) $needed -}}
+{{- fail (printf "proxy.terminationGracePeriodSeconds (%v) must exceed proxy.drainSeconds + proxy.graceSeconds (%v)" $p.terminationGracePeriodSeconds $needed) -}}
+{{- end -}}
+{{- int $p.terminationGracePeriodSeconds -}}
+{{- else -}}
+{{- add $needed 5 -}}
+{{- end -}}
+{{- end -}}
