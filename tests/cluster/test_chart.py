@@ -328,9 +328,9 @@ def test_install_upgrade_with_new_defaults_and_uninstall(control_plane, tmp_path
         pod = op["template"]["spec"]
         c = pod["containers"][0]
         assert pod["serviceAccountName"] == "orchestrator-operator"
-        assert c["args"][:7] == ["operator", f"--namespace={ns}", "--registry=orchestrator-registry",
+        assert c["args"][:8] == ["operator", f"--namespace={ns}", "--registry=orchestrator-registry",
                                  "--defaults=/etc/orchestrator/defaults.yaml", "--owner-configmap=orchestrator-defaults",
-                                 "--health-port=8080", "--log-level=info"]
+                                 "--health-port=8080", "--log-level=info", "--log-format=text"]
         assert not any(a.startswith("--watch-namespace") for a in c["args"])
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health", "scheme": "HTTP"}
         assert {"name": "ORCHESTRATOR_REPORT_STALE_SECONDS", "value": "30"} in c["env"]
@@ -347,9 +347,9 @@ def test_install_upgrade_with_new_defaults_and_uninstall(control_plane, tmp_path
         assert px["template"]["spec"]["serviceAccountName"] == "orchestrator-proxy"
         assert pc["args"] == ["proxy", f"--namespace={ns}", "--registry=orchestrator-registry", "--host=0.0.0.0",
                               "--port=8000", "--admin-host=0.0.0.0", "--admin-port=9090", "--log-level=info",
-                              "--drain-seconds=5", "--grace-seconds=20", "--max-connections=0", "--head-timeout=10",
+                              "--log-format=text", "--drain-seconds=5", "--grace-seconds=20", "--max-connections=0", "--head-timeout=10",
                               "--keepalive-timeout=60", "--max-request-line=8192", "--max-header-bytes=65536",
-                              "--max-headers=100"]
+                              "--max-headers=100", "--send-timeout=60"]
         assert {p["name"]: p["containerPort"] for p in pc["ports"]} == {"http": 8000, "admin": 9090}
         # The drain (5 s) and the grace for in-flight calls (20 s) fit in the Pod's grace period.
         assert px["template"]["spec"]["terminationGracePeriodSeconds"] == 30
