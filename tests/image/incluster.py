@@ -10,7 +10,7 @@ a kubelet gives: a token bound to the Pod object, `ca.crt` and `namespace` in
 pointing at the API server. No kubeconfig anywhere.
 
 Host networking (see podman.py): each proxy's spec is the chart rendered with
-its own `proxy.port`; `install()` checks that the port is all that differs.
+its own `proxy.port` and `proxy.adminPort`; `install()` checks that the ports are all that differs.
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ def template_of(text: str, kind: str, component: str) -> dict[str, Any]:
 
 
 def with_port(containers: list[dict[str, Any]], old: int, new: int) -> list[dict[str, Any]]:
-    """The proxy containers with their port moved (args and containerPort)."""
+    """The proxy containers with one port moved (the traffic or the admin one: args and containerPort)."""
     moved = json.loads(json.dumps(containers))
+    flags = {f"--port={old}": f"--port={new}", f"--admin-port={old}": f"--admin-port={new}"}
     for container in moved:
-        container["args"] = [f"--port={new}" if a == f"--port={old}" else a for a in container["args"]]
+        container["args"] = [flags.get(a, a) for a in container["args"]]
         for port in container["ports"]:
             if port["containerPort"] == old:
                 port["containerPort"] = new
@@ -90,12 +91,13 @@ class InCluster:
         # The project's cluster-test helpers (apply, wait_for, wait_all) over these containers.
         self.stack = Stack(cp, workdir, replicas=REPLICAS, namespace=NAMESPACE, registry=f"{RELEASE}-registry")
 
-    def values(self, proxy_port: int, health_port: int) -> list[str]:
+    def values(self, proxy_port: int, admin_port: int, health_port: int) -> list[str]:
         return ["--set", f"image.repository={self.image.rsplit(':', 1)[0]}",
                 "--set", f"image.tag={self.image.rsplit(':', 1)[1]}",
                 "--set", "image.pullPolicy=Never",
                 "--set", f"proxy.replicas={REPLICAS}",
                 "--set", f"proxy.port={proxy_port}",
+                "--set", f"proxy.adminPort={admin_port}",
                 "--set", f"operator.healthPort={health_port}",
                 # Faster heartbeats than the defaults, so the test sees several in seconds.
                 "--set", "proxy.reportIntervalSeconds=2",
@@ -104,25 +106,29 @@ class InCluster:
     def install(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """helm install; returns the operator's pod template and one proxy
         template per replica (the installed one, then re-renders with other ports)."""
-        ports = [free_port() for _ in range(REPLICAS)]
+        # Host networking: each replica needs ports of its own, traffic and admin.
+        ports = [(free_port(), free_port()) for _ in range(REPLICAS)]
         health_port = free_port()
         self.cp.kubectl("create", "namespace", NAMESPACE)
-        self.cp.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, *self.values(ports[0], health_port))
+        self.cp.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, *self.values(*ports[0], health_port))
         installed = self.cp.kubectl("get", "deployments", "-n", NAMESPACE, "-o", "json").stdout
         items = json.loads(installed)["items"]
         operator = next(d for d in items if d["metadata"]["name"] == f"{RELEASE}-operator")["spec"]["template"]
         proxy = next(d for d in items if d["metadata"]["name"] == f"{RELEASE}-proxy")["spec"]["template"]
         templates = [proxy]
-        def render(port: int) -> list[dict[str, Any]]:
+        def render(port: int, admin: int) -> list[dict[str, Any]]:
             text = self.cp.helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "--kube-version", "1.34.0",
-                                *self.values(port, health_port), "-s", "templates/proxy-deployment.yaml").stdout
+                                *self.values(port, admin, health_port), "-s", "templates/proxy-deployment.yaml").stdout
             return template_of(text, "Deployment", "-proxy")["spec"]["containers"]
-        first = render(ports[0])
-        for port in ports[1:]:
-            # The chart with another proxy.port differs in the port only; the
-            # installed spec (with the API server's defaults) is moved the same way.
-            assert with_port(render(port), port, ports[0]) == first
-            containers = with_port(proxy["spec"]["containers"], ports[0], port)
+
+        def moved(containers: list[dict[str, Any]], old: tuple[int, int], new: tuple[int, int]) -> list[dict[str, Any]]:
+            return with_port(with_port(containers, old[0], new[0]), old[1], new[1])
+        first = render(*ports[0])
+        for pair in ports[1:]:
+            # The chart with other ports differs in the ports only; the installed
+            # spec (with the API server's defaults) is moved the same way.
+            assert moved(render(*pair), pair, ports[0]) == first
+            containers = moved(proxy["spec"]["containers"], ports[0], pair)
             templates.append({**proxy, "spec": {**proxy["spec"], "containers": containers}})
         return operator, templates
 
