@@ -55,14 +55,14 @@ def aggregate(reports: Iterable[Report], route: str, uid: str, generation: Optio
 def _condition(ctype: str, status: str, reason: str, message: str, generation: int,
                previous: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
     old = previous.get(ctype)
-    moved = old is None or old.get("status") != status
+    since = now if old is None or old.get("status") != status else old.get("lastTransitionTime", now)
     return {
         "type": ctype,
         "status": status,
         "reason": reason,
         "message": message,
         "observedGeneration": generation,
-        "lastTransitionTime": now if moved else old.get("lastTransitionTime", now),
+        "lastTransitionTime": since,
     }
 
 

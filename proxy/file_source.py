@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from orchestrator.core import config_file
+from orchestrator.core import config_file, model
 from orchestrator.core.model import Route, Source
 from orchestrator.core.registry import Registry
 from orchestrator.proxy.state import AppState
@@ -98,8 +98,8 @@ class FileSource:
         return self._apply(before)
 
     @property
-    def defaults(self) -> config_file.model.Defaults:
-        return self.last.defaults if self.last else config_file.model.Defaults()
+    def defaults(self) -> model.Defaults:
+        return self.last.defaults if self.last else model.Defaults()
 
     def register(self, entry: config_file.EndpointConfig) -> Route:
         """Add a route from the admin API (raises ValueError for a link-local backend)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
 from orchestrator.core import headers as hdrs
 from orchestrator.core import urls
@@ -25,9 +25,11 @@ from orchestrator.proxy.upstream import IDEMPOTENT, BodyMismatch, Pool, Response
 
 log = logging.getLogger("orchestrator.proxy")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# The ASGI types, as Starlette spells them (so the admin app accepts ours).
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 PREFIX = "/orchestrator/"
 _PREFIX_LEN = len(PREFIX)
