@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Quick start"): installs what the tests
 # need, builds the local Kubernetes control plane if it changed (cached), and
-# runs the static checks (tools/check.sh: mypy, import-linter), then every tier: unit, proxy (real processes), cluster (real kube-apiserver),
+# runs the static checks (tools/check.sh: mypy, import-linter) and then every
+# tier: unit, proxy (real processes), cluster (real kube-apiserver),
 # image (the Dockerfile built and run with podman, installed from Debian's archive).
 # Extra arguments go to pytest, e.g. `tools/test.sh tests/unit -q`.
 set -euo pipefail
