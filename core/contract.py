@@ -19,6 +19,9 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
+from orchestrator.core.breaker import State
+from orchestrator.core.health import Health
+
 SOURCE_LABEL = "orchestrator.dev/registry-source"  # on user ConfigMaps in the classic format
 SOURCE_KEY = "config.yaml"
 REGISTRY_LABEL = "orchestrator.dev/registry"  # on the compiled registry ConfigMaps (value: R)
@@ -43,8 +46,8 @@ def report_name(registry: str, replica: str) -> str:
 
 @dataclass
 class RouteReport:
-    health: str
-    breaker: str
+    health: Health
+    breaker: State
     uid: str = ""
     generation: int = 0
 
@@ -79,7 +82,9 @@ class Report:
             replica=str(parsed["replica"]),
             heartbeat=heartbeat,
             revision=str(parsed.get("revision", "")),
-            routes={n: RouteReport(*v) for n, v in parsed.get("routes", {}).items()},
+            # An unknown state raises ValueError: the reader ignores the whole report.
+            routes={n: RouteReport(Health(h), State(b), uid, generation)
+                    for n, (h, b, uid, generation) in parsed.get("routes", {}).items()},
         )
 
     def content(self) -> tuple[str, dict[str, RouteReport]]:

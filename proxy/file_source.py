@@ -11,25 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from orchestrator.core import config_file, model
 from orchestrator.core.model import Route, Source
 from orchestrator.core.registry import Registry
+from orchestrator.proxy.source import ApplyResult
 from orchestrator.proxy.state import AppState
 
 log = logging.getLogger("orchestrator.config")
-
-
-@dataclass
-class ApplyResult:
-    ok: bool
-    errors: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
 
 
 def read_text(path: Path) -> str:
@@ -46,7 +37,7 @@ def ensure_config(path: Path) -> bool:
 
 
 class FileSource:
-    mode = "standalone"
+    """The standalone registry: a configuration file plus routes registered by API (a WritableSource)."""
 
     def __init__(self, state: AppState, path: Path, log_level: Optional[str] = None) -> None:
         self.state = state
@@ -65,6 +56,22 @@ class FileSource:
 
     async def stop(self) -> None:
         return None
+
+    async def refresh(self) -> None:
+        self.state.apply_registry(self.state.registry)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "config_path": str(self.path),
+            "config_exists": self.path.exists(),
+            "loaded": self.last is not None,
+            "last_loaded_at": self.last_loaded_at,
+            "endpoints_in_file": len(self.file_routes),
+            "endpoints_registered_by_api": len(self.api_routes),
+            "log_level": self.last.log_level if self.last else None,
+            "last_errors": self.last_errors,
+            "registry_revision": self.state.registry.revision,
+        }
 
     async def load_file(self, path: Optional[Path] = None) -> config_file.LoadedConfig:
         """Read and validate a config file off the event loop; changes nothing."""

@@ -21,6 +21,7 @@ from orchestrator.core.failures import TABLE, Failure, error_body
 from orchestrator.proxy.http_server import SCOPE_LINK, CallerLink
 from orchestrator.proxy.metrics import UNKNOWN_ROUTE
 from orchestrator.proxy.route_table import RouteRuntime
+from orchestrator.proxy.state import AppState
 from orchestrator.proxy.upstream import IDEMPOTENT, BodyMismatch, Pool, Response, UpstreamError
 
 log = logging.getLogger("orchestrator.proxy")
@@ -65,8 +66,7 @@ class _Body:
 class Forwarder:
     """ASGI callable for everything under /orchestrator/."""
 
-    def __init__(self, state: Any) -> None:
-        # `state` is the proxy's AppState (imported lazily there to avoid a cycle).
+    def __init__(self, state: AppState) -> None:
         self.state = state
         self.request_ids = hdrs.RequestIds()
 
@@ -157,7 +157,7 @@ class Forwarder:
         self, rt: RouteRuntime, method: str, target: str, upstream_headers: list[tuple[bytes, bytes]],
         body_length: int, receive: Receive, send: Send, request_id: bytes, started: float, metrics: Any,
     ) -> int:
-        pool: Pool = self.state.upstream
+        pool = self.state.upstream
         has_body = body_length != 0
         retry = rt.route.retries
         timeout = rt.route.timeout_seconds

@@ -153,37 +153,42 @@ def reusable(complete: bool, request_sent: bool, keep_alive: bool, failed: bool)
     return complete and request_sent and keep_alive and not failed
 
 
-class Phase(enum.Enum):
+class Phase(enum.IntEnum):
     """How far the response of a connection's current exchange has come.
 
-        HEAD --1xx head--> INTERIM --its end--> HEAD
-        HEAD --final head--> BODY | UNTIL_CLOSE | COMPLETE (a HEAD request: no body)
+        WAITING --1xx head--> INTERIM --its end--> WAITING
+        WAITING --final head--> BODY | UNTIL_CLOSE | COMPLETE (a HEAD request: no body)
         BODY --message complete--> COMPLETE;  UNTIL_CLOSE --EOF--> COMPLETE
-        COMPLETE --end(), reusable--> POOLED --begin()--> HEAD
+        COMPLETE --end(), reusable--> POOLED --begin()--> WAITING
 
     A failure is not a phase: `exc` holds it whatever the phase (the consumer
     still gets the body pieces that arrived before it), and a connection whose
     exchange failed is closed, never pooled.
     """
 
-    HEAD = "head"                # waiting for the response head (the request may still be going out)
-    INTERIM = "interim"          # a 1xx head arrived: the final head follows
-    BODY = "body"                # head handed on; body framed by Content-Length or chunked (or none)
-    UNTIL_CLOSE = "until_close"  # head handed on; the body ends when the backend closes
-    COMPLETE = "complete"        # the whole response is here
-    POOLED = "pooled"            # idle in the pool, between exchanges
+    WAITING = 0      # for the response head (the request may still be going out)
+    INTERIM = 1      # a 1xx head arrived: the final head follows
+    BODY = 2         # head handed on; body framed by Content-Length or chunked (or none)
+    UNTIL_CLOSE = 3  # head handed on; the body ends when the backend closes
+    COMPLETE = 4     # the whole response is here
+    POOLED = 5       # idle in the pool, between exchanges
 
 
-_MOVES: dict[Phase, frozenset[Phase]] = {
-    Phase.HEAD: frozenset({Phase.HEAD, Phase.INTERIM, Phase.BODY, Phase.UNTIL_CLOSE, Phase.COMPLETE}),
-    Phase.INTERIM: frozenset({Phase.HEAD}),
-    Phase.BODY: frozenset({Phase.COMPLETE}),
-    Phase.UNTIL_CLOSE: frozenset({Phase.COMPLETE}),
-    Phase.COMPLETE: frozenset({Phase.POOLED}),
-    Phase.POOLED: frozenset({Phase.HEAD}),
-}
+# The hot path reads these module names: a member looked up on the class costs
+# several times more, several times per request. (IntEnum: hashing and
+# indexing by a member stay in C.)
+WAITING, INTERIM, BODY, UNTIL_CLOSE, COMPLETE, POOLED = Phase
+# The allowed moves, indexed by the phase moved from.
+_MOVES: tuple[frozenset[Phase], ...] = (
+    frozenset({WAITING, INTERIM, BODY, UNTIL_CLOSE, COMPLETE}),  # WAITING (to itself: a new connection's begin())
+    frozenset({WAITING}),  # INTERIM
+    frozenset({COMPLETE}),  # BODY
+    frozenset({COMPLETE}),  # UNTIL_CLOSE
+    frozenset({POOLED}),  # COMPLETE
+    frozenset({WAITING}),  # POOLED
+)
 # The response head has been handed on (Pool.request may return).
-_HEAD_DONE = frozenset({Phase.BODY, Phase.UNTIL_CLOSE, Phase.COMPLETE})
+_HEAD_DONE = frozenset({BODY, UNTIL_CLOSE, COMPLETE})
 
 
 # -- the connection ----------------------------------------------------------------------
@@ -216,7 +221,7 @@ class _Conn(asyncio.Protocol):
         self.writer: Optional[asyncio.Task[None]] = None
         self.body_task: Optional[asyncio.Task[object]] = None
         self.waiter: Optional[asyncio.Future[None]] = None
-        self.phase = Phase.HEAD
+        self.phase = WAITING
         self._reset("GET")
 
     def _move(self, phase: Phase) -> None:
@@ -224,7 +229,7 @@ class _Conn(asyncio.Protocol):
         self.phase = phase
 
     def _reset(self, method: str) -> None:
-        self._move(Phase.HEAD)
+        self._move(WAITING)
         self.method = method
         self.status = 0
         self.headers: HeaderList = []
@@ -262,7 +267,7 @@ class _Conn(asyncio.Protocol):
             if not writer.done():
                 writer.cancel()
         self.body_task = None
-        if reusable(self.phase is Phase.COMPLETE, self.request_sent, self.keep_alive,
+        if reusable(self.phase is COMPLETE, self.request_sent, self.keep_alive,
                     self.closed or self.broken or self.exc is not None or self.body_exc is not None):
             if self.reading_paused:
                 self.reading_paused = False
@@ -278,7 +283,7 @@ class _Conn(asyncio.Protocol):
 
     def _deadline_passed(self) -> None:
         self.timer = None
-        if self.phase is Phase.COMPLETE:
+        if self.phase is COMPLETE:
             return  # the response is all here: nothing left to time out
         self.timed_out = True
         if self.exc is None:
@@ -316,7 +321,7 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.phase is Phase.POOLED or self.phase is Phase.COMPLETE:
+        if self.phase is POOLED or self.phase is COMPLETE:
             # Bytes nobody asked for (an idle connection, or after the response): this
             # connection's framing can no longer be trusted.
             self.broken = True
@@ -331,7 +336,7 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"malformed response: {exc}")
             return
-        if (self.phase is Phase.HEAD or self.phase is Phase.INTERIM) and self.exc is None:
+        if (self.phase is WAITING or self.phase is INTERIM) and self.exc is None:
             # Counted after feeding: the bytes of this read that belong to the
             # head are all there is while the head is incomplete.
             self.head_bytes += len(data)
@@ -339,16 +344,16 @@ class _Conn(asyncio.Protocol):
                 self._fail(f"the response head exceeds {MAX_RESPONSE_HEAD // 1024} KiB")
 
     def eof_received(self) -> bool:
-        if self.phase is Phase.UNTIL_CLOSE:
-            self._move(Phase.COMPLETE)
+        if self.phase is UNTIL_CLOSE:
+            self._move(COMPLETE)
             self._wake()
         return False
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
-        if self.phase is Phase.POOLED:
+        if self.phase is POOLED:
             self.pool._forget(self)
-        elif self.phase is not Phase.COMPLETE and self.exc is None:
+        elif self.phase is not COMPLETE and self.exc is None:
             if not self.got_bytes:
                 detail = "the backend closed the connection before answering"
             else:
@@ -386,7 +391,7 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.phase is Phase.COMPLETE:
+        if self.phase is COMPLETE:
             self.broken = True
             return
         self.header_bytes += len(name) + len(value) + 4
@@ -398,7 +403,7 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.phase is Phase.COMPLETE:
+        if self.phase is COMPLETE:
             self.broken = True
             return
         if self.exc is not None:
@@ -408,7 +413,7 @@ class _Conn(asyncio.Protocol):
             self._fail(f"the backend answered with status {status}")
             return
         if status < 200:
-            self._move(Phase.INTERIM)  # 100 Continue & co.: the real answer follows
+            self._move(INTERIM)  # 100 Continue & co.: the real answer follows
             self.headers = []
             self.length = None
             return
@@ -424,17 +429,17 @@ class _Conn(asyncio.Protocol):
         if self.method == "HEAD":
             # httptools cannot be told to skip the body: end the message here and
             # give the next exchange a fresh parser.
-            self._move(Phase.COMPLETE)
+            self._move(COMPLETE)
             self.parser_dirty = True
         elif self.length is None and status not in (204, 304) and codings is None:
-            self._move(Phase.UNTIL_CLOSE)
+            self._move(UNTIL_CLOSE)
             self.keep_alive = False
         else:
-            self._move(Phase.BODY)
+            self._move(BODY)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.phase is Phase.COMPLETE:
+        if self.phase is COMPLETE:
             self.broken = True
             return
         self.chunks.append(body)
@@ -446,16 +451,16 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         phase = self.phase
-        if phase is Phase.INTERIM:
-            self._move(Phase.HEAD)
+        if phase is INTERIM:
+            self._move(WAITING)
             return
-        if phase is Phase.COMPLETE:
+        if phase is COMPLETE:
             if self.method != "HEAD":
                 self.broken = True
             return
-        if phase is Phase.HEAD:
+        if phase is WAITING:
             return  # the head failed (`exc` is set): there is no answer to complete
-        self._move(Phase.COMPLETE)
+        self._move(COMPLETE)
         self._wake()
 
     # -- request body ------------------------------------------------------------------------
@@ -518,7 +523,7 @@ class Response:
         """The whole body (for bodies known to be small)."""
         conn = self._conn
         assert conn is not None, "read after release"
-        while conn.phase is not Phase.COMPLETE:
+        while conn.phase is not COMPLETE:
             conn.check()
             await conn.wait()
         data = b"".join(conn.chunks)
@@ -539,7 +544,7 @@ class Response:
                     conn.reading_paused = False
                     conn.transport.resume_reading()
                 return data
-            if conn.phase is Phase.COMPLETE:
+            if conn.phase is COMPLETE:
                 return b""
             conn.check()
             await conn.wait()
@@ -714,7 +719,7 @@ class Pool:
         if len(idle) >= self.max_idle:
             conn.close()
             return
-        conn._move(Phase.POOLED)
+        conn._move(POOLED)
         conn.idle_since = self.loop.time()
         idle.append(conn)
         if self._sweeper is None:

@@ -48,10 +48,7 @@ async def test(name: str, state: AppState = Depends(get_state)) -> dict[str, Any
 
 @router.post("/refresh", summary="Rebuild the route table from the current registry")
 async def refresh(state: AppState = Depends(get_state)) -> dict[str, Any]:
-    if state.mode == "cluster":
-        await state.source.refresh()
-    else:
-        state.apply_registry(state.registry)
+    await state.source.refresh()
     return {"status": "refreshed", "routes": len(state.table.routes), "registry_revision": state.table.revision}
 
 
