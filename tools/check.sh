@@ -24,6 +24,7 @@ for package, folder in mapping.items():
     dest.mkdir(parents=True, exist_ok=True)
     for source in Path(folder).glob("*.py"):
         dest.joinpath(source.name).symlink_to(source.resolve())
+tree.joinpath("testbed").symlink_to(Path("testbed").resolve())  # for the contract that keeps it out
 PY
 # mypy names files relative to the tree (orchestrator/core/x.py): print them
 # as the repository's own paths (core/x.py) so they can be clicked.

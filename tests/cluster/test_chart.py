@@ -24,8 +24,8 @@ from typing import Any, Iterable, Optional
 import pytest
 import yaml
 
-from stack import Process, Stack, endpoint_manifest
-from support.harness import free_port, stop, wait_until
+from testbed.stack import Process, Stack, endpoint_manifest
+from testbed.harness import free_port, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "orchestrator"
@@ -62,7 +62,7 @@ def ensure_namespaces(cp: Any, *names: str) -> None:
 
 
 def free_cluster_peering(cp: Any) -> None:
-    """The ClusterKopfPeering "orchestrator" is a cluster singleton. tests/cluster/stack.py
+    """The ClusterKopfPeering "orchestrator" is a cluster singleton. testbed/stack.py
     creates it with kubectl for the operator tests; a release cannot adopt an object it
     did not create, so a leftover that Helm does not manage is removed first."""
     out = cp.kubectl("get", "clusterkopfpeerings.kopf.dev", "orchestrator", "-o", "json", check=False)

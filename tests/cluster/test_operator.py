@@ -15,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from stack import NAMESPACE, REGISTRY, Stack, endpoint_manifest
-from support.harness import BACKEND, Backend, free_port, start_backend, stop, wait_for_port, wait_until
+from testbed.stack import NAMESPACE, REGISTRY, Stack, endpoint_manifest
+from testbed.harness import BACKEND, Backend, free_port, start_backend, stop, wait_for_port, wait_until
 
 FAST_HEALTH = {"intervalSeconds": 0.5, "timeoutSeconds": 0.5, "healthyThreshold": 1, "unhealthyThreshold": 2}
 

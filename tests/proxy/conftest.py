@@ -1,11 +1,11 @@
 """Fixtures for the proxy tests: real processes on 127.0.0.1, free ports.
 
-- `backend`: one controllable aiohttp backend (tests/support/backend.py) for the session.
+- `backend`: one controllable aiohttp backend (testbed/backend.py) for the session.
 - `start_proxy(config)`: a factory that runs `python main.py --config FILE` with a
   generated config and waits for /readyz; every proxy it started is stopped at
   the end of the test.
 - `module_proxy_factory`: the same, stopped at the end of the module.
-- helpers (`config_yaml`, `endpoint`, `wait_until`, ...) are in tests/support/harness.py.
+- helpers (`config_yaml`, `endpoint`, `wait_until`, ...) are in testbed/harness.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from support.harness import Backend, ProxyFactory, start_backend, stop
+from testbed.harness import Backend, ProxyFactory, start_backend, stop
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.harness import config_yaml, endpoint, free_port, wait_until
+from testbed.harness import config_yaml, endpoint, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

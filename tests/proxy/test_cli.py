@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop, wait_ready
+from testbed.harness import MAIN, config_yaml, drain, endpoint, free_port, stop, wait_ready
 
 from orchestrator.core.config_file import SAMPLE_CONFIG
 

@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from support.harness import config_yaml, endpoint, free_port, header_values
+from testbed.harness import config_yaml, endpoint, free_port, header_values
 
 pytestmark = pytest.mark.timeout(60)
 

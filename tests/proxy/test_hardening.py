@@ -21,8 +21,8 @@ import h11
 import httpx
 import pytest
 
-from support.harness import ProxyFactory, config_yaml, endpoint, wait_until
-from support.rawhttp import Seen, StrictBackend, echo, exchange, read_message
+from testbed.harness import ProxyFactory, config_yaml, endpoint, wait_until
+from testbed.rawhttp import Seen, StrictBackend, echo, exchange, read_message
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -456,7 +456,7 @@ def test_without_a_token_remote_admin_is_forbidden_with_a_hint(start_proxy: Prox
 
 
 def test_a_separate_admin_listener(start_proxy: ProxyFactory, strict):
-    from support.harness import free_port
+    from testbed.harness import free_port
 
     admin_port = free_port()
     proxy = start_proxy(config_yaml([endpoint("strict", strict.url)], health={"enabled": False}),

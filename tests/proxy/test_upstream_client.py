@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import httpx
 import pytest
 
-from support.harness import Proxy, config_yaml, drain, endpoint, launch, wait_ready
+from testbed.harness import Proxy, config_yaml, drain, endpoint, launch, wait_ready
 
 pytestmark = pytest.mark.timeout(60)
 

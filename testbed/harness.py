@@ -1,7 +1,7 @@
 """Helpers for the proxy tests: real processes on 127.0.0.1, free ports.
 
 The fixtures built on these live in conftest.py; test modules import the
-plain helpers from here (`from support.harness import ...`).
+plain helpers from here (`from testbed.harness import ...`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "main.py"
 BACKEND = Path(__file__).with_name("backend.py")
 
