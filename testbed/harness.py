@@ -190,6 +190,24 @@ def wait_ready(url: str, proc: subprocess.Popen, output: list[bytes], timeout: f
     raise TimeoutError(f"proxy at {url} not ready after {timeout}s")
 
 
+def run_proxy(workdir: Path, config: str, args: tuple[str, ...] = (), env: Optional[dict] = None) -> Proxy:
+    """Launch a proxy and wait until it is ready. A free port can be taken by someone
+    else between free_port() and the bind (the machine is shared): then a new port."""
+    for attempt in range(3):
+        proc, port, path = launch(workdir, config, args, env)
+        proxy = Proxy(proc, port, path, workdir)
+        proxy.output = drain(proc)
+        try:
+            wait_ready(proxy.url, proc, proxy.output)
+            return proxy
+        except BaseException:
+            proxy.stop()
+            if attempt < 2 and b"address already in use" in b"".join(proxy.output):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
 class ProxyFactory:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -198,11 +216,8 @@ class ProxyFactory:
     def __call__(self, config: str, args: tuple[str, ...] = ()) -> Proxy:
         workdir = self.tmp / f"proxy{len(self.started)}"
         workdir.mkdir(parents=True)
-        proc, port, path = launch(workdir, config, args)
-        proxy = Proxy(proc, port, path, workdir)
+        proxy = run_proxy(workdir, config, args)
         self.started.append(proxy)
-        proxy.output = drain(proc)
-        wait_ready(proxy.url, proc, proxy.output)
         return proxy
 
     def stop_all(self) -> None:
