@@ -212,6 +212,7 @@ def test_proxies_keep_routing_while_the_api_server_is_down(stack: Stack, control
         wait_until(lambda: all(httpx.get(f"{p.url}/config/status", timeout=10).json()["last_error"] != before
                                for p, before in zip(stack.proxies, errors)), timeout=30, message="watches broken")
         assert [r.status_code for r in stack.get_all("/orchestrator/static/x")] == [200, 200]
+    finally:
         control_plane.start_apiserver()
     stack.apply(endpoint_manifest("after-outage", backend.url))
     stack.wait_all("/orchestrator/after-outage/x", lambda r: r.status_code == 200, timeout=40)
