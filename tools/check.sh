@@ -35,6 +35,7 @@ while read -r pkg folder; do sed_args+=(-e "s#^${pkg}#${folder}#"); done <<<"$pa
 rc=0
 (cd "$tree" && python -m mypy --config-file "$root/pyproject.toml" --cache-dir "$root/build/check/mypy-cache" \
   -p orchestrator) | sed "${sed_args[@]}" || rc=1
-[[ ${PIPESTATUS[0]:-0} -eq 0 ]] || rc=1
-PYTHONPATH="$root/$tree" lint-imports --no-logo --no-cache "$root/pyproject.toml" || rc=1
+# (through python: the environment's scripts folder need not be on PATH)
+PYTHONPATH="$root/$tree" python -c 'import sys; from importlinter.cli import lint_imports_command as main; sys.exit(main())' \
+  --no-logo --no-cache "$root/pyproject.toml" || rc=1
 exit $rc
