@@ -19,7 +19,7 @@ from orchestrator.core import urls
 from orchestrator.core.breaker import Admission
 from orchestrator.core.failures import TABLE, Failure, error_body
 from orchestrator.proxy.http_server import SCOPE_LINK, CallerLink
-from orchestrator.proxy.metrics import UNKNOWN_ROUTE
+from orchestrator.proxy.metrics import UNKNOWN_ROUTE, RouteMetrics
 from orchestrator.proxy.route_table import RouteRuntime
 from orchestrator.proxy.state import AppState
 from orchestrator.proxy.upstream import IDEMPOTENT, BodyMismatch, Pool, Response, UpstreamError
@@ -155,7 +155,7 @@ class Forwarder:
 
     async def _forward(
         self, rt: RouteRuntime, method: str, target: str, upstream_headers: list[tuple[bytes, bytes]],
-        body_length: int, receive: Receive, send: Send, request_id: bytes, started: float, metrics: Any,
+        body_length: int, receive: Receive, send: Send, request_id: bytes, started: float, metrics: RouteMetrics,
     ) -> int:
         pool = self.state.upstream
         has_body = body_length != 0
@@ -192,7 +192,7 @@ class Forwarder:
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _relay(self, resp: Response, method: str, send: Send, request_id: bytes, started: float,
-                     metrics: Any) -> int:
+                     metrics: RouteMetrics) -> int:
         out_headers = hdrs.response_headers(resp.headers, resp.status, resp.length)
         if not any(n == b"x-request-id" for n, _ in out_headers):
             out_headers.append((b"x-request-id", request_id))
