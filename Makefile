@@ -17,7 +17,7 @@ cluster-up: cluster-build
 cluster-down:
 	tools/controlplane/cluster.sh down
 
-.PHONY: dev test run
+.PHONY: dev test check run
 # The whole product on the local control plane: operator, two proxies, a sample
 # backend and examples/endpoints.yaml. Ctrl-C stops it.
 dev: cluster-build
@@ -26,6 +26,10 @@ dev: cluster-build
 # Every test tier (unit, proxy, cluster); installs and builds what they need.
 test:
 	tools/test.sh
+
+# Types (mypy) and layer contracts (import-linter) alone; tools/test.sh runs them first.
+check:
+	tools/check.sh
 
 # The standalone proxy on config/config.yaml (created with a sample on first run).
 run:

@@ -9,7 +9,7 @@ reports:
 - container start to ready: the runtime's StartedAt to the first 200 of the
   probe the chart declares (proxy: readinessProbe /readyz, i.e. the registry
   is loaded; operator: livenessProbe /healthz). First the operator and 3
-  proxies started together (tests/image/incluster.py: the chart installed,
+  proxies started together (testbed/incluster.py: the chart installed,
   kubelet-style identity), then each container restarted alone `--restarts`
   times (median);
 - rotation: a new bound token written into every container's mounted file,
@@ -31,15 +31,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "cluster"), str(ROOT / "tests" / "image")]
+sys.path.insert(0, str(ROOT))  # testbed/, the shared harness (kept out of the product's wheel)
 
 import httpx  # noqa: E402
 
-from controlplane import ControlPlane  # noqa: E402
-from incluster import NAMESPACE, InCluster  # noqa: E402
-from podman import Podman  # noqa: E402
-from stack import endpoint_manifest  # noqa: E402
-from support.harness import start_backend, stop, wait_until  # noqa: E402
+from testbed.controlplane import ControlPlane  # noqa: E402
+from testbed.incluster import NAMESPACE, InCluster  # noqa: E402
+from testbed.podman import Podman  # noqa: E402
+from testbed.stack import endpoint_manifest  # noqa: E402
+from testbed.harness import start_backend, stop, wait_until  # noqa: E402
 
 IMAGE = "localhost/orchestrator:bench"
 

@@ -148,7 +148,7 @@ def main() -> int:
     print(f"benchmarking {label}", flush=True)
     assert args.edits <= args.creates and args.deletes <= args.creates
 
-    from support.harness import start_backend, stop
+    from testbed.harness import start_backend, stop
 
     backend = start_backend()
     try:
@@ -379,7 +379,7 @@ def _core_api(cp):
 
 
 def cb_manifest(name: str, url: str, **spec) -> dict:
-    from stack import endpoint_manifest
+    from testbed.stack import endpoint_manifest
     return endpoint_manifest(name, url, **spec)
 
 

@@ -156,7 +156,7 @@ def main() -> int:
         try:
             return run(args, cp, stack, workdir, backend_port, n, n_targets, c)
         finally:
-            from support.harness import stop
+            from testbed.harness import stop
             stop(backend_proc)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "cluster")]
+sys.path.insert(0, str(ROOT))  # testbed/, the shared harness (kept out of the product's wheel)
 
 GROUP, VERSION, PLURAL = "orchestrator.dev", "v1alpha1", "endpoints"
 NAMESPACE = "orchestrator-system"
@@ -103,7 +103,7 @@ class CpuMeter:
 
 
 def spawn_backend(workdir: Path) -> tuple[subprocess.Popen, int]:
-    from support.harness import free_port, wait_for_port
+    from testbed.harness import free_port, wait_for_port
     port = free_port()
     log = open(workdir / "bench-backend.log", "ab")
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--backend", str(port)],
@@ -159,10 +159,10 @@ def use_source(src: Optional[Path]) -> None:
 # -- the stack ----------------------------------------------------------------------------
 
 def make_stack_class():
-    from stack import Stack
+    from testbed.stack import Stack
 
     class BenchStack(Stack):
-        """tests/cluster/stack.Stack, with extra environment for the operator / proxies
+        """testbed.stack.Stack, with extra environment for the operator / proxies
         (Stack pins ORCHESTRATOR_REPORT_INTERVAL=1 and a 6 s stale horizon for fast tests;
         the benchmarks default to the production values)."""
 
@@ -182,7 +182,7 @@ def make_stack_class():
         def start(self):  # type: ignore[override]
             # As Stack.start, with a longer readiness wait: on a busy 2-core machine
             # importing the proxy alone can take tens of seconds.
-            from support.harness import wait_until
+            from testbed.harness import wait_until
             self.install_prerequisites()
             self.start_operator()
             for i in range(self.replicas):
@@ -214,7 +214,7 @@ def make_stack_class():
 def cluster(replicas: int, report_interval: float, stale_seconds: float, keep: bool = False,
             src: Optional[Path] = None) -> Iterator[tuple[Any, Any, Path]]:
     """Control plane + CRDs + operator + proxies; everything stopped on the way out."""
-    from controlplane import ControlPlane
+    from testbed.controlplane import ControlPlane
     BenchStack = make_stack_class()
     workdir = Path(tempfile.mkdtemp(prefix="orch-bench-", dir=ROOT / ".cluster"))
     cp = ControlPlane(keep_dir=keep)

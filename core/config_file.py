@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.core import model, spec
-from orchestrator.core.spec import check_link_local  # noqa: F401  (the admin API's registration uses it here)
 
 
 class _Strict(BaseModel):

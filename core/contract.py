@@ -25,6 +25,9 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
+from orchestrator.core.breaker import State
+from orchestrator.core.health import Health
+
 SOURCE_LABEL = "orchestrator.dev/registry-source"  # on user ConfigMaps in the classic format
 SOURCE_KEY = "config.yaml"
 REGISTRY_LABEL = "orchestrator.dev/registry"  # on the compiled registry ConfigMaps (value: R)
@@ -50,8 +53,8 @@ def report_name(registry: str, replica: str) -> str:
 
 @dataclass
 class RouteReport:
-    health: str
-    breaker: str
+    health: Health
+    breaker: State
     uid: str = ""
     generation: int = 0
 
@@ -96,7 +99,10 @@ class Report:
             replica=str(parsed["replica"]),
             heartbeat=heartbeat,
             revision=str(parsed.get("revision", "")),
-            routes={n: RouteReport(*v[:4]) for n, v in parsed.get("routes", {}).items()},
+            # Extra items (a newer proxy's) are ignored; an unknown state raises
+            # ValueError: the reader ignores the whole report.
+            routes={n: RouteReport(Health(v[0]), State(v[1]), v[2], v[3])
+                    for n, v in parsed.get("routes", {}).items()},
             draining=parsed.get("draining") is True,
             registry_error=str(parsed.get("registryError", "")),
             format=int(parsed.get("format", 1)),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Annotated, Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar, cast
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -171,8 +171,9 @@ class EndpointSpec(Settings):
     url: BackendURL
     route_name: Optional[RouteName] = None
     version: Version = _ROUTE.version
-    methods: list[Method] = Field(default_factory=lambda: list(_ROUTE.methods), min_length=1, max_length=7)
-    auth_type: AuthType = _ROUTE.auth_type
+    methods: list[Method] = Field(default_factory=lambda: cast(list[Method], list(_ROUTE.methods)), min_length=1,
+                                  max_length=7)
+    auth_type: AuthType = cast(AuthType, _ROUTE.auth_type)
     disabled: bool = _ROUTE.disabled
 
     @field_validator("health_check")

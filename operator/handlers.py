@@ -32,13 +32,13 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.on.login(registry=registry)(login.login)
 
     @kopf.on.event("orchestrator.dev", "v1alpha1", "endpoints", registry=registry)
-    async def endpoint_seen(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def endpoint_seen(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         reconciler_of(memo).endpoint_event(event.get("type"), body)
 
     # All ConfigMaps: a label filter here would miss the moment a label is taken
     # off; Inputs checks the labels itself.
     @kopf.on.event("", "v1", "configmaps", registry=registry)
-    async def configmap_seen(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def configmap_seen(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         reconciler_of(memo).configmap_event(event.get("type"), body)
 
     return registry

@@ -24,7 +24,7 @@ import kopf
 from orchestrator.serviceaccount import IdentityError, ServiceAccount, TokenFile
 
 
-async def login(settings: kopf.OperatorSettings, **kwargs: Any) -> Optional[kopf.KubeContext]:
+async def login(settings: kopf.OperatorSettings, **kwargs: Any) -> Optional[kopf.ConnectionInfo | kopf.AiohttpSession]:
     # The same order as orchestrator.kube.api_client: an explicit kubeconfig
     # (--kubeconfig is exported as KUBECONFIG) wins over the Pod's identity.
     if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):

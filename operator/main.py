@@ -10,7 +10,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import kopf
 import yaml
@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from orchestrator import kube
 from orchestrator.core import compile as compiler
-from orchestrator.core import contract
+from orchestrator.core import contract, model
 from orchestrator.core.registry import Registry, UnknownFormat
 from orchestrator.operator.handlers import build_registry, memo_for
 from orchestrator.operator.peering import PeeringGuard
@@ -39,9 +39,9 @@ PEERING_LIFETIME = 15
 ERROR_BACKOFFS = (0.5,) + (1.0,) * 60
 
 
-def load_defaults(path: Optional[str]) -> compiler.model.Defaults:
+def load_defaults(path: Optional[str]) -> model.Defaults:
     if not path:
-        return compiler.model.Defaults()
+        return model.Defaults()
     values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     return compiler.defaults_from_values(values)
 
@@ -75,8 +75,9 @@ def list_everything(settings: Settings, api: client.ApiClient, namespaces: Optio
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     scopes: list[Optional[str]] = list(namespaces) if namespaces else [None]
     for ns in scopes:
-        eps = (custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) if ns
-               else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+        # The client types these answers as `object`: they are the list's JSON.
+        eps = cast(dict[str, Any], custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) if ns
+                   else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
         snap.endpoints.extend(eps.get("items", []))
         selector = f"{contract.SOURCE_LABEL}=true"
         cms = (core.list_namespaced_config_map(ns, label_selector=selector) if ns

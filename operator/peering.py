@@ -52,11 +52,14 @@ class PeeringGuard:
 
     def check(self) -> list[str]:
         """Blocking: read the peering object; returns (and remembers) the live rivals."""
+        obj: dict[str, Any]  # the client's methods are typed as returning `object`
         try:
             if self.namespace is None:
-                obj = self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", self.name)
+                obj = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
+                    "kopf.dev", "v1", "clusterkopfpeerings", self.name)
             else:
-                obj = self.custom.get_namespaced_custom_object("kopf.dev", "v1", self.namespace, "kopfpeerings", self.name)
+                obj = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                    "kopf.dev", "v1", self.namespace, "kopfpeerings", self.name)
         except ApiException as exc:
             if exc.status == 404:  # no peering object: kopf runs standalone, so do we
                 self.rivals, self.checked = [], True

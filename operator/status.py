@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
+from orchestrator.core.breaker import State
 from orchestrator.core.compile import Verdict
 from orchestrator.core.contract import Report
+from orchestrator.core.health import Health
 
 _TIMESTAMPS = ("lastTransitionTime", "lastUpdateTime")
 
@@ -24,8 +26,8 @@ class Aggregate:
     unhealthy: int
     breaker_open: int
     breaker_half_open: int
-    health: str
-    breaker: str
+    health: Health
+    breaker: State
 
 
 def aggregate(reports: Iterable[Report], route: str, uid: str, generation: Optional[int], disabled: bool) -> Aggregate:
@@ -43,32 +45,32 @@ def aggregate(reports: Iterable[Report], route: str, uid: str, generation: Optio
         if seen is None or generation is None or seen.uid != uid or seen.generation != generation:
             continue
         programmed += 1
-        healthy += seen.health == "Healthy"
-        unhealthy += seen.health == "Unhealthy"
-        opened += seen.breaker == "Open"
-        half += seen.breaker == "HalfOpen"
+        healthy += seen.health == Health.HEALTHY
+        unhealthy += seen.health == Health.UNHEALTHY
+        opened += seen.breaker == State.OPEN
+        half += seen.breaker == State.HALF_OPEN
     if disabled:
-        health = "Disabled"
+        health = Health.DISABLED
     elif healthy + unhealthy == 0:
-        health = "Unknown"
+        health = Health.UNKNOWN
     else:
         # Replicas probe the same backend; disagreement means trouble somewhere, so ties read Unhealthy.
-        health = "Healthy" if healthy > unhealthy else "Unhealthy"
-    breaker = "Open" if opened else "HalfOpen" if half else "Closed"
+        health = Health.HEALTHY if healthy > unhealthy else Health.UNHEALTHY
+    breaker = State.OPEN if opened else State.HALF_OPEN if half else State.CLOSED
     return Aggregate(reporting, programmed, healthy, unhealthy, opened, half, health, breaker)
 
 
 def _condition(ctype: str, status: str, reason: str, message: str, generation: int,
                previous: Mapping[str, Mapping[str, Any]], now: str) -> dict[str, Any]:
     old = previous.get(ctype)
-    moved = old is None or old.get("status") != status
+    since = now if old is None or old.get("status") != status else old.get("lastTransitionTime", now)
     return {
         "type": ctype,
         "status": status,
         "reason": reason,
         "message": message,
         "observedGeneration": generation,
-        "lastTransitionTime": now if moved else old.get("lastTransitionTime", now),
+        "lastTransitionTime": since,
     }
 
 
@@ -92,11 +94,11 @@ def desired_status(
         programmed = ("True", "Programmed", f"loaded on {agg.programmed} of {agg.reporting} proxy replicas")
     else:
         programmed = ("False", "Pending", f"loaded on {agg.programmed} of {agg.reporting} proxy replicas")
-    if agg.health == "Healthy":
+    if agg.health is Health.HEALTHY:
         healthy = ("True", "Healthy", f"health checks pass on {agg.healthy} of {agg.programmed} proxy replicas")
-    elif agg.health == "Unhealthy":
+    elif agg.health is Health.UNHEALTHY:
         healthy = ("False", "Unhealthy", f"health checks fail on {agg.unhealthy} of {agg.programmed} proxy replicas")
-    elif agg.health == "Disabled":
+    elif agg.health is Health.DISABLED:
         healthy = ("Unknown", "Disabled", "the Endpoint is disabled; it is not health-checked")
     else:
         healthy = ("Unknown", "NotChecked", "no health check result yet")
@@ -104,8 +106,8 @@ def desired_status(
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "route": f"/orchestrator/{verdict.route}/" if routing else None,
-        "health": agg.health,
-        "circuitBreaker": agg.breaker,
+        "health": agg.health.value,
+        "circuitBreaker": agg.breaker.value,
         "replicas": {
             "reporting": agg.reporting,
             "programmed": agg.programmed,
@@ -163,17 +165,17 @@ def events_between(current: Optional[Mapping[str, Any]], desired: Mapping[str, A
     old_health, new_health = (current or {}).get("health"), desired.get("health")
     if new_health != old_health:
         message = (condition(desired, "Healthy") or {}).get("message", "")
-        if new_health == "Unhealthy":
+        if new_health == Health.UNHEALTHY:
             events.append(("Warning", "Unhealthy", f"the backend is unreachable or failing: {message}"))
-        elif new_health == "Healthy" and old_health == "Unhealthy":
+        elif new_health == Health.HEALTHY and old_health == Health.UNHEALTHY:
             events.append(("Normal", "Healthy", f"the backend recovered: {message}"))
     old_cb, new_cb = (current or {}).get("circuitBreaker"), desired.get("circuitBreaker")
     if new_cb != old_cb:
         open_on = desired.get("replicas", {}).get("breakerOpen", 0)
-        if new_cb == "Open":
+        if new_cb == State.OPEN:
             events.append(("Warning", "CircuitOpen", f"the circuit breaker is open on {open_on} proxy replica(s)"))
-        elif new_cb == "HalfOpen":
+        elif new_cb == State.HALF_OPEN:
             events.append(("Normal", "CircuitHalfOpen", "the circuit breaker lets trial calls through"))
-        elif old_cb in ("Open", "HalfOpen"):
+        elif old_cb in (State.OPEN, State.HALF_OPEN):
             events.append(("Normal", "CircuitClosed", "the circuit breaker closed: calls succeed again"))
     return events

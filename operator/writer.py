@@ -64,6 +64,7 @@ class Writer:
             return None
         if self._owners is None:
             owner = self.core.read_namespaced_config_map(self.owner_configmap, self.namespace)
+            assert owner.metadata is not None and owner.metadata.name and owner.metadata.uid  # a stored object has them
             self._owners = [client.V1OwnerReference(api_version="v1", kind="ConfigMap",
                                                     name=owner.metadata.name, uid=owner.metadata.uid)]
         return self._owners

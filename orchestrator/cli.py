@@ -116,9 +116,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv.insert(0, "standalone")
     args = parser.parse_args(argv)
     command = args.command or "standalone"
-    model = {"standalone": StandaloneSettings, "proxy": ProxySettings, "operator": OperatorSettings}[command]
+    settings: Union[StandaloneSettings, ProxySettings, OperatorSettings]
     try:
-        settings = load(model, args)
+        if command == "proxy":
+            settings = load(ProxySettings, args)
+        elif command == "operator":
+            settings = load(OperatorSettings, args)
+        else:
+            settings = load(StandaloneSettings, args)
     except SettingsError as exc:  # one line naming the knob, argparse's exit code
         parser.exit(2, f"orchestrator {command}: error: {exc}\n")
     if isinstance(settings, StandaloneSettings):

@@ -47,7 +47,7 @@ def in_cluster_client(account: ServiceAccount) -> client.ApiClient:
         # Called by the client before every request, in the thread making it.
         configuration.api_key["BearerToken"] = token.header()
 
-    cfg.refresh_api_key_hook = refresh
+    cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]  # declared as None in the client's __init__
     return TokenApiClient(cfg, token)
 
 

@@ -23,7 +23,7 @@ from orchestrator.core.admin_access import Policy, Role, decide
 from orchestrator.core.failures import Failure
 from orchestrator.proxy.api import config_api, health_api, registry_api, router_api, service
 from orchestrator.proxy.api.common import ApiError
-from orchestrator.proxy.forwarder import PREFIX, Forwarder, Receive, Scope, Send
+from orchestrator.proxy.forwarder import PREFIX, Forwarder, Message, Receive, Scope, Send
 from orchestrator.proxy.state import AppState
 from orchestrator.settings import ServeSettings
 from orchestrator.version import __version__
@@ -178,7 +178,7 @@ class Gateway:
             if name == b"content-length" and (not value.isdigit() or int(value) > cap):
                 await self.forwarder.reject(send, Failure.BODY_TOO_LARGE_ADMIN, headers, too_large, close=True)
                 return None
-        messages: list[dict[str, Any]] = []
+        messages: list[Message] = []
         size = 0
         while True:
             message = await receive()
@@ -193,7 +193,7 @@ class Gateway:
                 break
         replay = iter(messages)
 
-        async def bounded_receive() -> dict[str, Any]:
+        async def bounded_receive() -> Message:
             try:
                 return next(replay)
             except StopIteration:

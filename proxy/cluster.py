@@ -19,7 +19,7 @@ from orchestrator.settings import ProxySettings
 
 
 class ClusterSource:
-    mode = "cluster"
+    """The cluster's compiled registry, watched; and this replica's report (a read-only RegistrySource)."""
 
     def __init__(self, watcher: RegistryWatcher, reporter: Reporter) -> None:
         self.watcher = watcher

@@ -11,25 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from orchestrator.core import config_file
+from orchestrator.core import config_file, model, spec
 from orchestrator.core.model import Route, Source
 from orchestrator.core.registry import Registry
+from orchestrator.proxy.source import ApplyResult
 from orchestrator.proxy.state import AppState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ApplyResult:
-    ok: bool
-    errors: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
 
 
 def read_text(path: Path) -> str:
@@ -46,7 +37,7 @@ def ensure_config(path: Path) -> bool:
 
 
 class FileSource:
-    mode = "standalone"
+    """The standalone registry: a configuration file plus routes registered by API (a WritableSource)."""
 
     def __init__(self, state: AppState, path: Path, log_level: Optional[str] = None) -> None:
         self.state = state
@@ -65,6 +56,22 @@ class FileSource:
 
     async def stop(self) -> None:
         return None
+
+    async def refresh(self) -> None:
+        self.state.apply_registry(self.state.registry)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "config_path": str(self.path),
+            "config_exists": self.path.exists(),
+            "loaded": self.last is not None,
+            "last_loaded_at": self.last_loaded_at,
+            "endpoints_in_file": len(self.file_routes),
+            "endpoints_registered_by_api": len(self.api_routes),
+            "log_level": self.last.log_level if self.last else None,
+            "last_errors": self.last_errors,
+            "registry_revision": self.state.registry.revision,
+        }
 
     async def load_file(self, path: Optional[Path] = None) -> config_file.LoadedConfig:
         """Read and validate a config file off the event loop; changes nothing."""
@@ -98,12 +105,12 @@ class FileSource:
         return self._apply(before)
 
     @property
-    def defaults(self) -> config_file.model.Defaults:
-        return self.last.defaults if self.last else config_file.model.Defaults()
+    def defaults(self) -> model.Defaults:
+        return self.last.defaults if self.last else model.Defaults()
 
     def register(self, entry: config_file.EndpointConfig) -> Route:
         """Add a route from the admin API (raises ValueError for a link-local backend)."""
-        config_file.check_link_local(entry.url, self.state.allow_link_local)
+        spec.check_link_local(entry.url, self.state.allow_link_local)
         route = config_file.route_from_entry(entry, self.defaults, Source(kind="API", entry=entry.name))
         self.api_routes[route.name] = route
         self._apply(dict(self.state.registry.routes))

@@ -12,22 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
 from orchestrator.core import headers as hdrs
 from orchestrator.core import urls
 from orchestrator.core.breaker import Admission
 from orchestrator.core.failures import TABLE, Failure, error_body
 from orchestrator.proxy.http_server import SCOPE_LINK, CallerLink
-from orchestrator.proxy.metrics import UNKNOWN_ROUTE
+from orchestrator.proxy.metrics import UNKNOWN_ROUTE, RouteMetrics
 from orchestrator.proxy.route_table import RouteRuntime
+from orchestrator.proxy.state import AppState
 from orchestrator.proxy.upstream import IDEMPOTENT, BodyMismatch, Pool, Response, UpstreamError
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# The ASGI types, as Starlette spells them (so the admin app accepts ours).
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 PREFIX = "/orchestrator/"
 _PREFIX_LEN = len(PREFIX)
@@ -63,8 +66,7 @@ class _Body:
 class Forwarder:
     """ASGI callable for everything under /orchestrator/."""
 
-    def __init__(self, state: Any) -> None:
-        # `state` is the proxy's AppState (imported lazily there to avoid a cycle).
+    def __init__(self, state: AppState) -> None:
         self.state = state
         self.request_ids = hdrs.RequestIds()
 
@@ -156,9 +158,9 @@ class Forwarder:
 
     async def _forward(
         self, rt: RouteRuntime, method: str, target: str, upstream_headers: list[tuple[bytes, bytes]],
-        body_length: int, receive: Receive, send: Send, request_id: bytes, started: float, metrics: Any,
+        body_length: int, receive: Receive, send: Send, request_id: bytes, started: float, metrics: RouteMetrics,
     ) -> int:
-        pool: Pool = self.state.upstream
+        pool = self.state.upstream
         has_body = body_length != 0
         retry = rt.route.retries
         timeout = rt.route.timeout_seconds
@@ -193,7 +195,7 @@ class Forwarder:
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _relay(self, resp: Response, method: str, send: Send, request_id: bytes, started: float,
-                     metrics: Any) -> int:
+                     metrics: RouteMetrics) -> int:
         out_headers = hdrs.response_headers(resp.headers, resp.status, resp.length)
         if not any(n == b"x-request-id" for n, _ in out_headers):
             out_headers.append((b"x-request-id", request_id))

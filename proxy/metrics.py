@@ -10,6 +10,11 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Iterable
 
+from orchestrator.core.breaker import State
+from orchestrator.core.health import Health
+
+# The health gauge's value per state; any other (Unknown, Disabled) is -1.
+_HEALTH_VALUE = {Health.HEALTHY: 1, Health.UNHEALTHY: 0}
 # Seconds. Fine-grained at the low end: a proxy hop is usually sub-millisecond.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNKNOWN_ROUTE = "(unknown)"
@@ -46,7 +51,7 @@ class Metrics:
             rm = self.routes[name] = RouteMetrics()
         return rm
 
-    def render(self, breaker_states: Iterable[tuple[str, str]], health_states: Iterable[tuple[str, str]]) -> str:
+    def render(self, breaker_states: Iterable[tuple[str, State]], health_states: Iterable[tuple[str, Health]]) -> str:
         out: list[str] = []
         out += ["# HELP orchestrator_requests_total Proxied requests by route and response status.",
                 "# TYPE orchestrator_requests_total counter"]
@@ -72,13 +77,14 @@ class Metrics:
         out += ["# HELP orchestrator_circuit_breaker_state Breaker state per route (1 for the current state).",
                 "# TYPE orchestrator_circuit_breaker_state gauge"]
         for name, state in breaker_states:
-            for candidate in ("Closed", "Open", "HalfOpen"):
-                out.append(f'orchestrator_circuit_breaker_state{{route="{_esc(name)}",state="{candidate}"}} {int(candidate == state)}')
+            for candidate in State:
+                out.append(f'orchestrator_circuit_breaker_state{{route="{_esc(name)}",state="{candidate.value}"}} '
+                           f'{int(candidate is state)}')
         out += ["# HELP orchestrator_endpoint_healthy Active health check result per route (1 healthy, 0 not, -1 unknown).",
                 "# TYPE orchestrator_endpoint_healthy gauge"]
         for name, health in health_states:
-            value = {"Healthy": 1, "Unhealthy": 0}.get(health, -1)
-            out.append(f'orchestrator_endpoint_healthy{{route="{_esc(name)}",health="{health}"}} {value}')
+            value = _HEALTH_VALUE.get(health, -1)
+            out.append(f'orchestrator_endpoint_healthy{{route="{_esc(name)}",health="{health.value}"}} {value}')
         out += ["# HELP orchestrator_health_probes_total Active health probes sent, by outcome.",
                 "# TYPE orchestrator_health_probes_total counter"]
         for outcome, count in sorted(self.health_probes.items()):

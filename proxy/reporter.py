@@ -55,7 +55,7 @@ class Reporter:
     def build(self) -> contract.Report:
         routes = {
             name: contract.RouteReport(
-                health=self.state.health_of(rt).value, breaker=rt.breaker.current_state().value,
+                health=self.state.health_of(rt), breaker=rt.breaker.current_state(),
                 uid=rt.route.source.uid, generation=rt.route.source.generation)
             for name, rt in self.state.table.routes.items()
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from orchestrator.core import urls
-from orchestrator.core.breaker import CircuitBreaker, Clock
+from orchestrator.core.breaker import CircuitBreaker, Clock, State
 from orchestrator.core.model import Route
 from orchestrator.core.registry import Registry
 
@@ -75,11 +75,11 @@ def build_table(
     return RouteTable(routes, registry.revision)
 
 
-def breaker_factory(clock: Clock, on_transition: Callable[[str, str, str], None]) -> BreakerFactory:
+def breaker_factory(clock: Clock, on_transition: Callable[[str, State, State], None]) -> BreakerFactory:
     def make(route: Route) -> CircuitBreaker:
         name = route.name
         return CircuitBreaker(
             route.circuit_breaker, clock=clock,
-            on_transition=lambda old, new: on_transition(name, old.value, new.value),
+            on_transition=lambda old, new: on_transition(name, old, new),
         )
     return make

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import aiohttp
 
+from orchestrator.core.breaker import State
 from orchestrator.core.health import Health
 from orchestrator.core.registry import Registry
 from orchestrator.proxy.health_checker import HealthMonitor
 from orchestrator.proxy.metrics import Metrics
 from orchestrator.proxy.route_table import RouteRuntime, RouteTable, breaker_factory, build_table
+from orchestrator.proxy.source import Mode, NoSource, RegistrySource
+
+if TYPE_CHECKING:  # imported at run time only by the lifespan that creates it (it needs the loop)
+    from orchestrator.proxy.upstream import Pool
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +31,12 @@ Listener = Callable[[], None]
 
 
 class AppState:
-    def __init__(self, mode: str, clock: Callable[[], float] = time.monotonic, allow_link_local: bool = False,
+    # The data plane's upstream pool: created in the lifespan (it needs the running loop).
+    upstream: Pool
+
+    def __init__(self, mode: Mode, clock: Callable[[], float] = time.monotonic, allow_link_local: bool = False,
                  health_check_concurrency: int = 32) -> None:
-        self.mode = mode  # "standalone" or "cluster"
+        self.mode = mode
         self.started_at = time.time()
         self.clock = clock
         self.metrics = Metrics()
@@ -45,8 +53,7 @@ class AppState:
         self.health = HealthMonitor(self.metrics, concurrency=health_check_concurrency, clock=clock,
                                     on_change=lambda target, h: self.notify())
         self.session: Optional[aiohttp.ClientSession] = None  # health checks, /router/test
-        self.upstream: Any = None  # the data plane's upstream.Pool, created in the lifespan
-        self.source: Any = None  # StandaloneSource or ClusterSource
+        self.source: RegistrySource = NoSource()  # set by standalone.build or cluster.build
         self._make_breaker = breaker_factory(clock, self._breaker_moved)
         self._listeners: list[Listener] = []
 
@@ -85,18 +92,11 @@ class AppState:
     def health_of(self, rt: RouteRuntime) -> Health:
         return self.health.health_of(rt)
 
-    def route_states(self) -> dict[str, dict[str, str]]:
-        """Per route: health and breaker state (the per-replica report's content)."""
-        return {
-            name: {"health": self.health_of(rt).value, "breaker": rt.breaker.current_state().value}
-            for name, rt in self.table.routes.items()
-        }
-
     def render_metrics(self) -> str:
         routes = sorted(self.table.routes.items())
         return self.metrics.render(
-            ((n, rt.breaker.current_state().value) for n, rt in routes),
-            ((n, self.health_of(rt).value) for n, rt in routes),
+            ((n, rt.breaker.current_state()) for n, rt in routes),
+            ((n, self.health_of(rt)) for n, rt in routes),
         )
 
     # -- change notification (the cluster reporter listens) -----------------
@@ -107,6 +107,6 @@ class AppState:
         for listener in self._listeners:
             listener()
 
-    def _breaker_moved(self, route: str, old: str, new: str) -> None:
-        log.warning("circuit breaker of %s: %s -> %s", route, old, new)
+    def _breaker_moved(self, route: str, old: State, new: State) -> None:
+        log.warning("circuit breaker of %s: %s -> %s", route, old.value, new.value)
         self.notify()

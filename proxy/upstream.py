@@ -41,9 +41,10 @@ httptools), proxies, pipelining.
 from __future__ import annotations
 
 import asyncio
+import enum
 import ssl
 from collections import deque
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Optional, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -152,48 +153,88 @@ def reusable(complete: bool, request_sent: bool, keep_alive: bool, failed: bool)
     return complete and request_sent and keep_alive and not failed
 
 
+class Phase(enum.IntEnum):
+    """How far the response of a connection's current exchange has come.
+
+        WAITING --1xx head--> INTERIM --its end--> WAITING
+        WAITING --final head--> BODY | UNTIL_CLOSE | COMPLETE (a HEAD request: no body)
+        BODY --message complete--> COMPLETE;  UNTIL_CLOSE --EOF--> COMPLETE
+        COMPLETE --end(), reusable--> POOLED --begin()--> WAITING
+
+    A failure is not a phase: `exc` holds it whatever the phase (the consumer
+    still gets the body pieces that arrived before it), and a connection whose
+    exchange failed is closed, never pooled.
+    """
+
+    WAITING = 0      # for the response head (the request may still be going out)
+    INTERIM = 1      # a 1xx head arrived: the final head follows
+    BODY = 2         # head handed on; body framed by Content-Length or chunked (or none)
+    UNTIL_CLOSE = 3  # head handed on; the body ends when the backend closes
+    COMPLETE = 4     # the whole response is here
+    POOLED = 5       # idle in the pool, between exchanges
+
+
+# The hot path reads these module names: a member looked up on the class costs
+# several times more, several times per request. (IntEnum: hashing and
+# indexing by a member stay in C.)
+WAITING, INTERIM, BODY, UNTIL_CLOSE, COMPLETE, POOLED = Phase
+# The allowed moves, indexed by the phase moved from.
+_MOVES: tuple[frozenset[Phase], ...] = (
+    frozenset({WAITING, INTERIM, BODY, UNTIL_CLOSE, COMPLETE}),  # WAITING (to itself: a new connection's begin())
+    frozenset({WAITING}),  # INTERIM
+    frozenset({COMPLETE}),  # BODY
+    frozenset({COMPLETE}),  # UNTIL_CLOSE
+    frozenset({POOLED}),  # COMPLETE
+    frozenset({WAITING}),  # POOLED
+)
+# The response head has been handed on (Pool.request may return).
+_HEAD_DONE = frozenset({BODY, UNTIL_CLOSE, COMPLETE})
+
+
 # -- the connection ----------------------------------------------------------------------
 
 class _Conn(asyncio.Protocol):
     """One upstream connection; carries one exchange at a time."""
 
     __slots__ = (
-        "pool", "key", "loop", "transport", "parser", "parser_dirty", "in_pool", "idle_since", "closed",
+        "pool", "key", "loop", "transport", "parser", "parser_dirty", "idle_since", "closed",
         # per exchange
-        "method", "status", "headers", "length", "head_done", "complete", "interim", "keep_alive",
-        "until_close", "got_bytes", "broken", "chunks", "buffered", "reading_paused", "waiter",
+        "phase", "method", "status", "headers", "length", "keep_alive",
+        "got_bytes", "broken", "chunks", "buffered", "reading_paused", "waiter",
         "exc", "body_exc", "request_sent", "write_paused", "drain_waiter", "timer", "timed_out",
         "writer", "body_task", "head_bytes", "header_bytes", "unsent",
     )
+    # Set by connection_made, before the pool hands the connection out.
+    transport: asyncio.Transport
 
     def __init__(self, pool: "Pool", key: str) -> None:
         self.pool = pool
         self.key = key
         self.loop = pool.loop
-        self.transport: Optional[asyncio.Transport] = None
         self.parser = httptools.HttpResponseParser(self)
         self.parser_dirty = False
-        self.in_pool = False
         self.idle_since = 0.0
         self.closed = False
         self.write_paused = False
-        self.drain_waiter: Optional[asyncio.Future] = None
+        self.drain_waiter: Optional[asyncio.Future[None]] = None
         self.timer: Optional[asyncio.TimerHandle] = None
-        self.writer: Optional[asyncio.Task] = None
-        self.body_task: Optional[asyncio.Task] = None
-        self.waiter: Optional[asyncio.Future] = None
+        self.writer: Optional[asyncio.Task[None]] = None
+        self.body_task: Optional[asyncio.Task[object]] = None
+        self.waiter: Optional[asyncio.Future[None]] = None
+        self.phase = WAITING
         self._reset("GET")
 
+    def _move(self, phase: Phase) -> None:
+        assert phase in _MOVES[self.phase], f"upstream exchange: {self.phase.name} -> {phase.name}"
+        self.phase = phase
+
     def _reset(self, method: str) -> None:
+        self._move(WAITING)
         self.method = method
         self.status = 0
         self.headers: HeaderList = []
         self.length: Optional[bytes] = None
-        self.head_done = False
-        self.complete = False
-        self.interim = False
         self.keep_alive = True
-        self.until_close = False
         self.got_bytes = False
         self.broken = False
         self.chunks: deque[bytes] = deque()
@@ -226,7 +267,7 @@ class _Conn(asyncio.Protocol):
             if not writer.done():
                 writer.cancel()
         self.body_task = None
-        if reusable(self.complete, self.request_sent, self.keep_alive,
+        if reusable(self.phase is COMPLETE, self.request_sent, self.keep_alive,
                     self.closed or self.broken or self.exc is not None or self.body_exc is not None):
             if self.reading_paused:
                 self.reading_paused = False
@@ -237,12 +278,12 @@ class _Conn(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if not self.closed and self.transport is not None:
+        if not self.closed:
             self.transport.close()
 
     def _deadline_passed(self) -> None:
         self.timer = None
-        if self.complete:
+        if self.phase is COMPLETE:
             return  # the response is all here: nothing left to time out
         self.timed_out = True
         if self.exc is None:
@@ -252,8 +293,7 @@ class _Conn(asyncio.Protocol):
             task.cancel()  # stuck reading the caller's body: the request() call maps this to TIMEOUT
         if self.writer is not None and not self.writer.done():
             self.writer.cancel()
-        if self.transport is not None:
-            self.transport.abort()
+        self.transport.abort()
         self._wake()
 
     def _wake(self) -> None:
@@ -277,10 +317,11 @@ class _Conn(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream transport (uvloop's does not subclass asyncio.Transport: no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.in_pool or self.complete:
+        if self.phase is POOLED or self.phase is COMPLETE:
             # Bytes nobody asked for (an idle connection, or after the response): this
             # connection's framing can no longer be trusted.
             self.broken = True
@@ -295,7 +336,7 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(f"malformed response: {exc}")
             return
-        if not self.head_done and self.exc is None:
+        if (self.phase is WAITING or self.phase is INTERIM) and self.exc is None:
             # Counted after feeding: the bytes of this read that belong to the
             # head are all there is while the head is incomplete.
             self.head_bytes += len(data)
@@ -303,17 +344,16 @@ class _Conn(asyncio.Protocol):
                 self._fail(f"the response head exceeds {MAX_RESPONSE_HEAD // 1024} KiB")
 
     def eof_received(self) -> bool:
-        if self.head_done and self.until_close and not self.complete:
-            self.complete = True
+        if self.phase is UNTIL_CLOSE:
+            self._move(COMPLETE)
             self._wake()
         return False
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
-        if self.in_pool:
-            self.in_pool = False
+        if self.phase is POOLED:
             self.pool._forget(self)
-        if not self.complete and self.exc is None:
+        elif self.phase is not COMPLETE and self.exc is None:
             if not self.got_bytes:
                 detail = "the backend closed the connection before answering"
             else:
@@ -351,7 +391,7 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:
+        if self.phase is COMPLETE:
             self.broken = True
             return
         self.header_bytes += len(name) + len(value) + 4
@@ -363,7 +403,7 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.complete:
+        if self.phase is COMPLETE:
             self.broken = True
             return
         if self.exc is not None:
@@ -373,7 +413,7 @@ class _Conn(asyncio.Protocol):
             self._fail(f"the backend answered with status {status}")
             return
         if status < 200:
-            self.interim = True  # 100 Continue & co.: the real answer follows
+            self._move(INTERIM)  # 100 Continue & co.: the real answer follows
             self.headers = []
             self.length = None
             return
@@ -385,21 +425,21 @@ class _Conn(asyncio.Protocol):
                        "only chunked is supported")
             return
         self.status = status
-        self.head_done = True
         self.keep_alive = self.parser.should_keep_alive()
         if self.method == "HEAD":
             # httptools cannot be told to skip the body: end the message here and
             # give the next exchange a fresh parser.
-            self.complete = True
+            self._move(COMPLETE)
             self.parser_dirty = True
-        elif self.length is None and status not in (204, 304):
-            self.until_close = codings is None
-            if self.until_close:
-                self.keep_alive = False
+        elif self.length is None and status not in (204, 304) and codings is None:
+            self._move(UNTIL_CLOSE)
+            self.keep_alive = False
+        else:
+            self._move(BODY)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.complete:
+        if self.phase is COMPLETE:
             self.broken = True
             return
         self.chunks.append(body)
@@ -410,14 +450,17 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
+        phase = self.phase
+        if phase is INTERIM:
+            self._move(WAITING)
             return
-        if self.complete:
+        if phase is COMPLETE:
             if self.method != "HEAD":
                 self.broken = True
             return
-        self.complete = True
+        if phase is WAITING:
+            return  # the head failed (`exc` is set): there is no answer to complete
+        self._move(COMPLETE)
         self._wake()
 
     # -- request body ------------------------------------------------------------------------
@@ -456,8 +499,7 @@ class _Conn(asyncio.Protocol):
         except BaseException as exc:  # the caller hung up mid-upload (ClientGone), or worse
             self.body_exc = exc
             self.broken = True
-            if self.transport is not None:
-                self.transport.abort()
+            self.transport.abort()
             self._wake()
 
 
@@ -480,7 +522,8 @@ class Response:
     async def read(self) -> bytes:
         """The whole body (for bodies known to be small)."""
         conn = self._conn
-        while not conn.complete:
+        assert conn is not None, "read after release"
+        while conn.phase is not COMPLETE:
             conn.check()
             await conn.wait()
         data = b"".join(conn.chunks)
@@ -490,6 +533,7 @@ class Response:
     async def next_chunk(self) -> bytes:
         """The next piece of the body; b"" once it is complete."""
         conn = self._conn
+        assert conn is not None, "read after release"
         while True:
             chunks = conn.chunks
             if chunks:
@@ -500,7 +544,7 @@ class Response:
                     conn.reading_paused = False
                     conn.transport.resume_reading()
                 return data
-            if conn.complete:
+            if conn.phase is COMPLETE:
                 return b""
             conn.check()
             await conn.wait()
@@ -580,12 +624,12 @@ class Pool:
                     conn.request_sent = True
                 else:
                     if first is None:
-                        conn.body_task = asyncio.current_task()
+                        task = conn.body_task = asyncio.current_task()
                         try:
                             first, more = await body()
                         except asyncio.CancelledError:
-                            if conn.timed_out:
-                                conn.body_task.uncancel()
+                            if conn.timed_out and task is not None:
+                                task.uncancel()
                                 raise UpstreamError(Failure.TIMEOUT, "the request body did not arrive in time")
                             raise
                         conn.body_task = None
@@ -607,7 +651,7 @@ class Pool:
                         conn.writer = self.loop.create_task(conn.write_rest(body, chunked))
                     else:
                         conn.request_sent = True
-                while not conn.head_done:
+                while conn.phase not in _HEAD_DONE:
                     conn.check()
                     await conn.wait()
                 return Response(conn)
@@ -643,13 +687,13 @@ class Pool:
         except OSError as exc:  # refused, DNS, unreachable, TLS handshake (ssl.SSLError)
             raise UpstreamError(Failure.CONNECT_ERROR, str(exc) or exc.__class__.__name__) from None
         if not self.allow_link_local:
-            peer = conn.transport.get_extra_info("peername")  # type: ignore[attr-defined]
+            peer = conn.transport.get_extra_info("peername")
             if peer and is_link_local(peer[0]):
-                conn.transport.abort()  # type: ignore[attr-defined]
+                conn.transport.abort()
                 raise UpstreamError(Failure.CONNECT_ERROR, f"{o.host} is at link-local address {peer[0]}: "
                                                            f"{LINK_LOCAL_HINT}")
         self.connections_opened += 1
-        return conn  # type: ignore[return-value]
+        return conn
 
     # -- idle connections ---------------------------------------------------------------------
     def _take(self, key: str) -> Optional[_Conn]:
@@ -659,7 +703,6 @@ class Pool:
         limit = self.loop.time() - self.idle_timeout
         while idle:
             conn = idle.pop()
-            conn.in_pool = False
             if conn.closed or conn.transport.is_closing() or conn.idle_since < limit:
                 conn.close()
                 continue
@@ -676,7 +719,7 @@ class Pool:
         if len(idle) >= self.max_idle:
             conn.close()
             return
-        conn.in_pool = True
+        conn._move(POOLED)
         conn.idle_since = self.loop.time()
         idle.append(conn)
         if self._sweeper is None:
@@ -698,7 +741,6 @@ class Pool:
             keep = []
             for conn in idle:
                 if conn.idle_since < limit or conn.closed:
-                    conn.in_pool = False
                     conn.close()
                 else:
                     keep.append(conn)
@@ -722,7 +764,6 @@ class Pool:
             self._sweeper = None
         for idle in self._idle.values():
             for conn in idle:
-                conn.in_pool = False
                 conn.close()
         self._idle.clear()
         await asyncio.sleep(0)  # let the transports finish closing

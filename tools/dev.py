@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "cluster")]
+sys.path.insert(0, str(ROOT))  # testbed/, the shared harness (kept out of the product's wheel)
 
-from controlplane import ControlPlane  # noqa: E402
-from stack import Stack  # noqa: E402
-from support.harness import BACKEND, stop, wait_for_port  # noqa: E402
+from testbed.controlplane import ControlPlane  # noqa: E402
+from testbed.stack import Stack  # noqa: E402
+from testbed.harness import BACKEND, stop, wait_for_port  # noqa: E402
 
 BACKEND_PORT = 9100
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Quick start"): installs what the tests
 # need, builds the local Kubernetes control plane if it changed (cached), and
-# runs every tier: unit, proxy (real processes), cluster (real kube-apiserver),
+# runs the static checks (tools/check.sh: mypy, import-linter) and then every
+# tier: unit, proxy (real processes), cluster (real kube-apiserver),
 # image (the Dockerfile built and run with podman, installed from Debian's archive);
 # the rollout tests put HAProxy (also from Debian's archive) in front of the proxies.
 # Extra arguments go to pytest, e.g. `tools/test.sh tests/unit -q`.
@@ -29,6 +30,8 @@ if ! tools/lb/install.sh; then
   echo "tools/test.sh: WARNING: cannot install haproxy: tests/cluster/test_rollout.py will be SKIPPED" >&2
 fi
 
+# Types and layer contracts first: a failure here fails the run (set -e).
+tools/check.sh
 set +e
 python -m pytest -p no:cacheprovider "$@"
 rc=$?

@@ -8,6 +8,7 @@ from fastapi import HTTPException, Request
 
 from orchestrator.core.config_file import entry_from_route
 from orchestrator.proxy.route_table import RouteRuntime
+from orchestrator.proxy.source import WritableSource
 from orchestrator.proxy.state import AppState
 
 CLUSTER_WRITE_HINT = (
@@ -30,12 +31,13 @@ def get_state(request: Request) -> AppState:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
-def require_standalone(request: Request) -> AppState:
-    """Dependency for admin writes: refused in cluster mode (the operator owns the registry)."""
-    state = get_state(request)
-    if state.mode != "standalone":
+def writable_source(request: Request) -> WritableSource:
+    """Dependency for admin writes: refused unless the source takes them (in cluster
+    mode the operator owns the registry)."""
+    source = get_state(request).source
+    if not isinstance(source, WritableSource):
         raise ApiError(409, "managed_by_operator", CLUSTER_WRITE_HINT)
-    return state
+    return source
 
 
 def route_or_404(state: AppState, name: str) -> RouteRuntime:

@@ -8,7 +8,8 @@ from typing import Any, Optional
 from fastapi import APIRouter, Depends, Query
 
 from orchestrator.core.config_file import entry_from_route
-from orchestrator.proxy.api.common import ApiError, get_state, require_standalone
+from orchestrator.proxy.api.common import ApiError, get_state, writable_source
+from orchestrator.proxy.source import WritableSource
 from orchestrator.proxy.state import AppState
 
 router = APIRouter(prefix="/config", tags=["config"])
@@ -16,26 +17,13 @@ router = APIRouter(prefix="/config", tags=["config"])
 
 @router.get("/status", summary="Configuration status")
 async def config_status(state: AppState = Depends(get_state)) -> dict[str, Any]:
-    source = state.source
-    if state.mode != "standalone":
-        return {"mode": state.mode, **source.status()}
-    return {
-        "mode": state.mode,
-        "config_path": str(source.path),
-        "config_exists": source.path.exists(),
-        "loaded": source.last is not None,
-        "last_loaded_at": source.last_loaded_at,
-        "endpoints_in_file": len(source.file_routes),
-        "endpoints_registered_by_api": len(source.api_routes),
-        "log_level": source.last.log_level if source.last else None,
-        "last_errors": source.last_errors,
-        "registry_revision": state.registry.revision,
-    }
+    return {"mode": state.mode, **state.source.status()}
 
 
 @router.post("/reload", summary="Re-read the configuration file")
-async def reload(state: AppState = Depends(require_standalone)) -> dict[str, Any]:
-    result = await state.source.reload()
+async def reload(source: WritableSource = Depends(writable_source),
+                 state: AppState = Depends(get_state)) -> dict[str, Any]:
+    result = await source.reload()
     if not result.ok:
         raise ApiError(422, "invalid_config",
                        "the configuration file is invalid; the running registry was kept", errors=result.errors)
@@ -53,9 +41,8 @@ async def config_endpoints(state: AppState = Depends(get_state)) -> dict[str, An
 @router.post("/validate", summary="Validate a configuration file without applying it")
 async def validate(
     config_path: Optional[str] = Query(None, description="a YAML file in the configuration's folder"),
-    state: AppState = Depends(require_standalone),
+    source: WritableSource = Depends(writable_source),
 ) -> dict[str, Any]:
-    source = state.source
     path = source.path if not config_path else _confined(Path(config_path), source.path.parent)
     loaded = await source.load_file(path)
     return {"valid": loaded.ok, "config_path": str(path), "endpoints": len(loaded.routes), "errors": loaded.errors}

@@ -7,6 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from orchestrator.core.breaker import State
+from orchestrator.core.health import Health
 from orchestrator.proxy.api.common import get_state, health_view, route_or_404
 from orchestrator.proxy.state import AppState
 
@@ -15,17 +17,20 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 def _overall(state: AppState) -> dict[str, Any]:
     routes = state.table.routes.values()
-    health = Counter(state.health_of(rt).value for rt in routes)
-    breakers = Counter(rt.breaker.current_state().value for rt in routes)
-    if health["Unhealthy"] or breakers["Open"]:
-        status = "unhealthy" if health["Unhealthy"] + breakers["Open"] >= max(1, len(state.table.routes)) else "degraded"
+    health = Counter(state.health_of(rt) for rt in routes)
+    breakers = Counter(rt.breaker.current_state() for rt in routes)
+    bad = health[Health.UNHEALTHY] + breakers[State.OPEN]
+    if bad:
+        status = "unhealthy" if bad >= max(1, len(state.table.routes)) else "degraded"
     else:
         status = "healthy"
     return {
         "status": status,
-        "endpoints": {"total": len(state.table.routes), "healthy": health["Healthy"], "unhealthy": health["Unhealthy"],
-                      "unknown": health["Unknown"], "disabled": health["Disabled"]},
-        "circuit_breakers": {"closed": breakers["Closed"], "open": breakers["Open"], "half_open": breakers["HalfOpen"]},
+        "endpoints": {"total": len(state.table.routes), "healthy": health[Health.HEALTHY],
+                      "unhealthy": health[Health.UNHEALTHY], "unknown": health[Health.UNKNOWN],
+                      "disabled": health[Health.DISABLED]},
+        "circuit_breakers": {"closed": breakers[State.CLOSED], "open": breakers[State.OPEN],
+                             "half_open": breakers[State.HALF_OPEN]},
     }
 
 
@@ -59,7 +64,7 @@ async def check(name: str, state: AppState = Depends(get_state)) -> dict[str, An
 @router.get("/unhealthy", summary="Endpoints whose health checks fail")
 async def unhealthy(state: AppState = Depends(get_state)) -> dict[str, Any]:
     items = [health_view(state, rt) for _, rt in sorted(state.table.routes.items())
-             if state.health_of(rt).value == "Unhealthy"]
+             if state.health_of(rt) is Health.UNHEALTHY]
     return {"endpoints": items, "total": len(items)}
 
 
@@ -68,7 +73,7 @@ async def summary(state: AppState = Depends(get_state)) -> dict[str, Any]:
     attention = [
         {"name": name, "health": state.health_of(rt).value, "circuit_breaker": rt.breaker.current_state().value}
         for name, rt in sorted(state.table.routes.items())
-        if state.health_of(rt).value == "Unhealthy" or rt.breaker.current_state().value != "Closed"
+        if state.health_of(rt) is Health.UNHEALTHY or rt.breaker.current_state() is not State.CLOSED
     ]
     return {**_overall(state), "needs_attention": attention}
 
@@ -82,5 +87,5 @@ async def circuit_breakers(state: AppState = Depends(get_state)) -> dict[str, An
 @router.get("/circuit-breakers/open", summary="Breakers that are open (or half-open)")
 async def open_breakers(state: AppState = Depends(get_state)) -> dict[str, Any]:
     items = {name: rt.breaker.snapshot() for name, rt in sorted(state.table.routes.items())
-             if rt.breaker.current_state().value != "Closed"}
+             if rt.breaker.current_state() is not State.CLOSED}
     return {"circuit_breakers": items, "total": len(items)}

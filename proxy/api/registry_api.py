@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from orchestrator.core.config_file import EndpointConfig
-from orchestrator.proxy.api.common import (ApiError, endpoint_view, get_state, paginate, require_standalone,
-                                           route_or_404)
+from orchestrator.proxy.api.common import ApiError, endpoint_view, get_state, paginate, route_or_404, writable_source
 from orchestrator.proxy.route_table import STATUSES
+from orchestrator.proxy.source import WritableSource
 from orchestrator.proxy.state import AppState
 
 router = APIRouter(prefix="/registry", tags=["registry"])
@@ -43,12 +43,13 @@ async def get_endpoint(name: str, state: AppState = Depends(get_state)) -> dict[
 
 
 @router.post("/endpoints", status_code=201, summary="Register an endpoint (standalone only)")
-async def register(body: RegisterRequest, state: AppState = Depends(require_standalone)) -> dict[str, Any]:
+async def register(body: RegisterRequest, source: WritableSource = Depends(writable_source),
+                   state: AppState = Depends(get_state)) -> dict[str, Any]:
     if state.route(body.config.name) is not None:
         raise ApiError(409, "endpoint_exists",
                        f"an endpoint named {body.config.name!r} is already registered; delete it first")
     try:
-        state.source.register(body.config)
+        source.register(body.config)
     except ValueError as exc:
         raise ApiError(422, "invalid_request", f"the request is invalid: config.{exc}") from None
     return {"status": "registered", "endpoint": endpoint_view(state, route_or_404(state, body.config.name))}
@@ -58,7 +59,8 @@ async def register(body: RegisterRequest, state: AppState = Depends(require_stan
 async def set_status(
     name: str,
     status: Literal["active", "inactive", "maintenance"] = Query(..., description=" | ".join(STATUSES)),
-    state: AppState = Depends(require_standalone),
+    _: WritableSource = Depends(writable_source),
+    state: AppState = Depends(get_state),
 ) -> dict[str, Any]:
     route_or_404(state, name)
     state.set_status(name, status)
@@ -66,9 +68,10 @@ async def set_status(
 
 
 @router.delete("/endpoints/{name}", summary="Unregister an endpoint (standalone only)")
-async def unregister(name: str, state: AppState = Depends(require_standalone)) -> dict[str, Any]:
+async def unregister(name: str, source: WritableSource = Depends(writable_source),
+                     state: AppState = Depends(get_state)) -> dict[str, Any]:
     route_or_404(state, name)
-    state.source.unregister(name)
+    source.unregister(name)
     return {"status": "unregistered", "name": name}
 
 
@@ -87,8 +90,9 @@ async def stats(state: AppState = Depends(get_state)) -> dict[str, Any]:
 
 
 @router.post("/sync", summary="Make the registry match the configuration file (standalone only)")
-async def sync(state: AppState = Depends(require_standalone)) -> dict[str, Any]:
-    result = await state.source.reload(drop_api_routes=True)
+async def sync(source: WritableSource = Depends(writable_source),
+               state: AppState = Depends(get_state)) -> dict[str, Any]:
+    result = await source.reload(drop_api_routes=True)
     if not result.ok:
         raise ApiError(422, "invalid_config",
                        "the configuration file is invalid; the running registry was kept", errors=result.errors)

@@ -32,6 +32,7 @@ async def test(name: str, state: AppState = Depends(get_state)) -> dict[str, Any
     url = rt.health_target() or rt.origin + rt.base_path + rt.route.health_check.path
     started = time.perf_counter()
     result: dict[str, Any] = {"name": name, "url": url}
+    assert state.session is not None  # opened by the lifespan, before any request
     try:
         async with state.session.get(url, timeout=aiohttp.ClientTimeout(total=rt.route.health_check.timeout_seconds),
                                      allow_redirects=False) as resp:
@@ -47,10 +48,7 @@ async def test(name: str, state: AppState = Depends(get_state)) -> dict[str, Any
 
 @router.post("/refresh", summary="Rebuild the route table from the current registry")
 async def refresh(state: AppState = Depends(get_state)) -> dict[str, Any]:
-    if state.mode == "cluster":
-        await state.source.refresh()
-    else:
-        state.apply_registry(state.registry)
+    await state.source.refresh()
     return {"status": "refreshed", "routes": len(state.table.routes), "registry_revision": state.table.revision}
 
 

@@ -13,19 +13,16 @@ with `pytest -m "not cluster"`.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-# Make `import controlplane` work whatever pytest's import mode is.
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from testbed.controlplane import ControlPlane
 
-from controlplane import ControlPlane  # noqa: E402
-from support.harness import Backend, start_backend, stop  # noqa: E402
+from testbed.harness import Backend, start_backend, stop
+
+HERE = Path(__file__).resolve().parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def control_plane() -> ControlPlane:
-    """The running control plane; see tests/cluster/controlplane.py for the API.
+    """The running control plane; see testbed/controlplane.py for the API.
 
     Set CONTROLPLANE_KEEP_DIR=1 to keep its logs/certs (.cluster/cp-*) after
     the run for debugging.

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from controlplane import CommandError, ControlPlane
+from testbed.controlplane import CommandError, ControlPlane
 
 TESTDATA = Path(__file__).resolve().parent / "testdata"
 GROUP, VERSION, PLURAL = "test.orchestrator.dev", "v1", "widgets"

@@ -3,6 +3,7 @@ as local processes, real backends on 127.0.0.1 (DESIGN.md "Data flow")."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from stack import NAMESPACE, REGISTRY, Stack, endpoint_manifest
-from support.harness import BACKEND, Backend, free_port, start_backend, stop, wait_for_port, wait_until
+from testbed.stack import NAMESPACE, REGISTRY, Stack, endpoint_manifest
+from testbed.harness import BACKEND, Backend, free_port, start_backend, stop, wait_for_port, wait_until
 
 FAST_HEALTH = {"intervalSeconds": 0.5, "timeoutSeconds": 0.5, "healthyThreshold": 1, "unhealthyThreshold": 2}
 
@@ -139,8 +140,13 @@ def test_configmap_source_good_entries_route_bad_ones_are_events(stack: Stack, b
     stack.wait_event("default", "classic", "InvalidEntry", kind="ConfigMap")
     wait_until(lambda: any("not valid YAML" in e["message"]
                            for e in stack.events("default", "classic", "ConfigMap")), timeout=20)
-    time.sleep(1)  # give a (wrong) removal time to propagate
+    # A barrier instead of a sleep: the operator handles changes in order, so once an
+    # Endpoint applied after the broken file routes everywhere, any registry that
+    # (wrongly) dropped the file's entries would have reached the proxies too.
+    stack.apply(endpoint_manifest("cm-barrier", f"{backend.url}/barrier"))
+    stack.wait_all("/orchestrator/cm-barrier/x", lambda r: r.status_code == 200)
     assert [r.status_code for r in stack.get_all("/orchestrator/cm_one/x")] == [200, 200]
+    stack.delete("endpoints.orchestrator.dev", "cm-barrier")
     stack.delete("configmap", "classic")
     stack.wait_all("/orchestrator/cm_one/x", lambda r: r.status_code == 404)
 
@@ -149,8 +155,12 @@ def test_route_conflict_oldest_wins(stack: Stack, control_plane, backend: Backen
     control_plane.kubectl("create", "namespace", "team-old", check=False)
     control_plane.kubectl("create", "namespace", "team-new", check=False)
     stack.apply(endpoint_manifest("users", f"{backend.url}/old", namespace="team-old"))
-    stack.wait_for("users", namespace="team-old", check=lambda o: stack.condition(o, "Accepted").get("status") == "True")
-    time.sleep(1.1)  # creationTimestamp has one-second resolution
+    winner = stack.wait_for("users", namespace="team-old",
+                            check=lambda o: stack.condition(o, "Accepted").get("status") == "True")
+    # creationTimestamp has one-second resolution: the next object must be a second younger.
+    born = datetime.datetime.fromisoformat(winner["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    wait_until(lambda: datetime.datetime.now(datetime.timezone.utc) >= born + datetime.timedelta(seconds=1.05),
+               message="a second past the winner's creationTimestamp")
     stack.apply(endpoint_manifest("users", f"{backend.url}/new", namespace="team-new"))
     loser = stack.wait_for("users", namespace="team-new",
                            check=lambda o: stack.condition(o, "Accepted").get("reason") == "RouteConflict")
@@ -214,11 +224,13 @@ def test_operator_restart_converges_to_what_exists(stack: Stack, backend: Backen
 def test_proxies_keep_routing_while_the_api_server_is_down(stack: Stack, control_plane, backend: Backend) -> None:
     stack.apply(endpoint_manifest("static", backend.url))
     stack.wait_all("/orchestrator/static/x", lambda r: r.status_code == 200)
+    errors = [httpx.get(f"{p.url}/config/status", timeout=10).json()["last_error"] for p in stack.proxies]
     control_plane.kill_apiserver()
     try:
-        for _ in range(5):
-            assert [r.status_code for r in stack.get_all("/orchestrator/static/x")] == [200, 200]
-            time.sleep(0.3)
+        # Awaited, not slept: every replica's registry watch has seen the outage.
+        wait_until(lambda: all(httpx.get(f"{p.url}/config/status", timeout=10).json()["last_error"] != before
+                               for p, before in zip(stack.proxies, errors)), timeout=30, message="watches broken")
+        assert [r.status_code for r in stack.get_all("/orchestrator/static/x")] == [200, 200]
     finally:
         control_plane.start_apiserver()
     stack.apply(endpoint_manifest("after-outage", backend.url))
@@ -268,6 +280,12 @@ def test_route_churn_costs_nothing_elsewhere(stack: Stack, backend: Backend) -> 
 def test_an_accidental_second_operator_freezes_both(stack: Stack, backend: Backend) -> None:
     first = stack.operator
     assert first is not None
+    # The bound for "nothing happens" below, measured rather than guessed: three times
+    # what routing a new Endpoint takes on this machine with one operator.
+    started = time.monotonic()
+    stack.apply(endpoint_manifest("before-freeze", backend.url))
+    stack.wait_all("/orchestrator/before-freeze/x", lambda r: r.status_code == 200)
+    bound = max(3 * (time.monotonic() - started), 2.0)
     second = stack._spawn("operator-second", ["operator", "--kubeconfig", str(stack.cp.kubeconfig),
                                               "--namespace", NAMESPACE, "--health-port", str(free_port())],
                           env={}, port=0)
@@ -275,8 +293,10 @@ def test_an_accidental_second_operator_freezes_both(stack: Stack, backend: Backe
         wait_until(lambda: "pausing writes" in first.log(), timeout=60, interval=0.5,
                    message="the first operator pauses")
         stack.apply(endpoint_manifest("while-frozen", backend.url))
-        time.sleep(3)
-        assert [r.status_code for r in stack.get_all("/orchestrator/while-frozen/x")] == [404, 404]
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:  # checked all along, so an early wrong route fails at once
+            assert [r.status_code for r in stack.get_all("/orchestrator/while-frozen/x")] == [404, 404]
+            time.sleep(0.2)  # pacing only
     finally:
         stop(second.proc)
     stack.wait_all("/orchestrator/while-frozen/x", lambda r: r.status_code == 200, timeout=90)

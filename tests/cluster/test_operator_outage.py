@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack import Stack, endpoint_manifest
-from support.harness import Backend, free_port, stop, wait_until
+from testbed.stack import Stack, endpoint_manifest
+from testbed.harness import Backend, free_port, stop, wait_until
 from test_operator import FAST_HEALTH, backend, stack  # noqa: F401  (fixtures: one stack per module)
 
 STALE = 6.0  # the Stack's ORCHESTRATOR_REPORT_STALE_SECONDS

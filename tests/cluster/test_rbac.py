@@ -17,8 +17,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from stack import Stack, endpoint_manifest
-from support.harness import Backend, start_backend, stop, wait_until
+from testbed.stack import Stack, endpoint_manifest
+from testbed.harness import Backend, start_backend, stop, wait_until
 from test_chart import chart_operator, chart_proxy, ensure_namespaces, get_json, install, leftovers, uninstall
 
 FAST_HEALTH = {"intervalSeconds": 0.5, "timeoutSeconds": 0.5, "healthyThreshold": 1, "unhealthyThreshold": 2}

@@ -1,6 +1,6 @@
 """Rollouts under traffic lose nothing (issue 11, item 2).
 
-HAProxy (tests/support/loadbalancer.py) stands in for kube-proxy in front of
+HAProxy (testbed/loadbalancer.py) stands in for kube-proxy in front of
 proxy replicas in cluster mode (real API server and operator). Keep-alive
 callers send steady GETs and POSTs through it while the replicas are
 replaced the way a Deployment's RollingUpdate does it (maxSurge 1,
@@ -24,10 +24,10 @@ from typing import Iterator, Optional
 import httpx
 import pytest
 
-from stack import Process, Stack, endpoint_manifest
-from support.harness import Backend, wait_until
-from support.loadbalancer import LoadBalancer, haproxy
-from support.traffic import Callers, Figures
+from testbed.stack import Process, Stack, endpoint_manifest
+from testbed.harness import Backend, wait_until
+from testbed.loadbalancer import LoadBalancer, haproxy
+from testbed.traffic import Callers, Figures
 
 pytestmark = pytest.mark.timeout(300)
 

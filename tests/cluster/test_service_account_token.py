@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from orchestrator.kube import in_cluster_client
 from orchestrator.operator.login import bearer_token
 from orchestrator.serviceaccount import ServiceAccount, TokenFile
-from support.harness import wait_until
+from testbed.harness import wait_until
 
 NAMESPACE = "sa-token"
 

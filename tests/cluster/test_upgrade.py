@@ -20,8 +20,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from stack import Stack, endpoint_manifest
-from support.harness import Backend, wait_until
+from testbed.stack import Stack, endpoint_manifest
+from testbed.harness import Backend, wait_until
 from test_operator_outage import metric
 
 pytestmark = pytest.mark.timeout(300)

@@ -11,17 +11,14 @@ is a failure, not a skip.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+from testbed.podman import Podman, have_podman
 
-from podman import Podman, have_podman  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 IMAGE = "localhost/orchestrator:test"
 

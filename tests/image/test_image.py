@@ -16,9 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from podman import ROOT, Podman, pod_flags
-from podman import PodIdentity
-from support.harness import Backend, config_yaml, endpoint, free_port, header_values, start_backend, stop
+from testbed.podman import ROOT, Podman, pod_flags
+from testbed.podman import PodIdentity
+from testbed.harness import Backend, config_yaml, endpoint, free_port, header_values, start_backend, stop
 
 VALUES = yaml.safe_load((ROOT / "charts" / "orchestrator" / "values.yaml").read_text())
 

@@ -1,4 +1,4 @@
-"""The chart's Pods as containers with a kubelet's identity (tests/image/incluster.py):
+"""The chart's Pods as containers with a kubelet's identity (testbed/incluster.py):
 the seed scenario through them, the probes, and token rotation and revocation
 without a restart. Start-to-ready times are measured by bench/bench_image.py.
 """
@@ -14,11 +14,11 @@ import httpx
 import pytest
 import yaml
 
-from controlplane import ControlPlane
-from incluster import NAMESPACE, REPLICAS, InCluster, probe_url
-from podman import Podman
-from stack import Stack, endpoint_manifest
-from support.harness import Backend, start_backend, stop, wait_until
+from testbed.controlplane import ControlPlane
+from testbed.incluster import NAMESPACE, REPLICAS, InCluster, probe_url
+from testbed.podman import Podman
+from testbed.stack import Stack, endpoint_manifest
+from testbed.harness import Backend, start_backend, stop, wait_until
 
 FAST_HEALTH = {"path": "/health", "intervalSeconds": 1}
 

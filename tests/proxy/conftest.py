@@ -1,12 +1,12 @@
 """Fixtures for the proxy tests: real processes on 127.0.0.1, free ports.
 
-- `backend`: one controllable aiohttp backend (tests/support/backend.py) for the session.
+- `backend`: one controllable aiohttp backend (testbed/backend.py) for the session.
 - `start_proxy(config)`: a factory that runs `python main.py --config FILE` with a
   generated config and waits for /readyz; every proxy it started is stopped at
   the end of the test.
 - `module_proxy_factory`: the same, stopped at the end of the module.
-- `strict`, `hostile` (per module): raw backends judged by h11 (tests/support/rawhttp.py).
-- helpers (`config_yaml`, `endpoint`, `wait_until`, ...) are in tests/support/harness.py.
+- `strict`, `hostile` (per module): raw backends judged by h11 (testbed/rawhttp.py).
+- helpers (`config_yaml`, `endpoint`, `wait_until`, ...) are in testbed/harness.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from support.harness import Backend, ProxyFactory, start_backend, stop
-from support.rawhttp import Hostile, StrictBackend
+from testbed.harness import Backend, ProxyFactory, start_backend, stop
+from testbed.rawhttp import Hostile, StrictBackend
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def module_proxy_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 @pytest.fixture(scope="module")
 def strict() -> Iterator[StrictBackend]:
-    """A backend that parses every byte with h11 and echoes each request (tests/support/rawhttp.py)."""
+    """A backend that parses every byte with h11 and echoes each request (testbed/rawhttp.py)."""
     b = StrictBackend()
     yield b
     b.close()

@@ -1,7 +1,7 @@
 """Property-based adversarial tier: hypothesis writes the hostile bytes, h11 judges them.
 
 A real proxy process sits between raw caller sockets and strict backends
-(tests/support/rawhttp.py). Hypothesis generates request heads from the
+(testbed/rawhttp.py). Hypothesis generates request heads from the
 ingredients of smuggling and desync attacks (duplicate and malformed
 Content-Length, transfer-coding lists, `Connection` options naming framing
 headers, obs-fold, bare LF, control bytes, Host variants, dot segments in
@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.harness import ProxyFactory, config_yaml, endpoint
-from support.rawhttp import Hostile, StrictBackend, read_message
+from testbed.harness import ProxyFactory, config_yaml, endpoint
+from testbed.rawhttp import Hostile, StrictBackend, read_message
 
 pytestmark = pytest.mark.timeout(600)
 

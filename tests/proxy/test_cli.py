@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from support.harness import MAIN, config_yaml, drain, endpoint, free_port, stop_proxy, wait_ready, wait_until
+from testbed.harness import MAIN, config_yaml, drain, endpoint, free_port, stop_proxy, wait_ready, wait_until
 
 from orchestrator.core.config_file import SAMPLE_CONFIG
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from support.harness import config_yaml, endpoint, free_port, wait_until
+from testbed.harness import config_yaml, endpoint, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from support.harness import config_yaml, endpoint
-from support.traffic import Callers
+from testbed.harness import config_yaml, endpoint
+from testbed.traffic import Callers
 
 pytestmark = pytest.mark.timeout(120)
 

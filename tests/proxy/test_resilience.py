@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
-from support.harness import config_yaml, endpoint, wait_until
+from testbed.harness import config_yaml, endpoint, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 RESET = 3.0
@@ -17,7 +16,9 @@ RESET = 3.0
 def proxy(module_proxy_factory, backend):
     backend.set_health("hc", 200)
     config = config_yaml([
+        # One breaker per test: a breaker left open by one must not decide another.
         endpoint("flaky", f"{backend.url}/flaky", health_check_path="/health/flaky"),
+        endpoint("flaky2", f"{backend.url}/flaky2", health_check_path="/health/flaky2"),
         endpoint("hc", f"{backend.url}/api", health_check_path="/health/hc"),
         endpoint("quiet", f"{backend.url}/api", health_check_path="/health/quiet"),
         endpoint("off", f"{backend.url}/api", disabled=True, health_check_path="/health/offprobe"),
@@ -31,22 +32,26 @@ def c(proxy):
     return proxy.client()
 
 
+def breaker_state(c, route: str) -> str:
+    return c.get(f"/health/endpoints/{route}").json()["circuit_breaker"]["state"]
+
+
 def test_breaker_opens_rejects_without_the_backend_then_recovers(c, backend):
+    before = backend.hits("/flaky/status/500")
     for _ in range(3):
         assert c.get("/orchestrator/flaky/status/500").status_code == 500  # passes through, counts
-    assert backend.hits("/flaky/status/500") == 3
+    assert backend.hits("/flaky/status/500") == before + 3
     for _ in range(5):
         r = c.get("/orchestrator/flaky/status/500")
         assert r.status_code == 503 and r.json()["error"]["code"] == "circuit_open"
         assert 1 <= int(r.headers["retry-after"]) <= RESET
-    assert backend.hits("/flaky/status/500") == 3  # rejected calls never touched the backend
+    assert backend.hits("/flaky/status/500") == before + 3  # rejected calls never touched the backend
     view = c.get("/health/endpoints/flaky").json()["circuit_breaker"]
     assert view["state"] == "Open" and view["total_rejected"] == 5
     assert list(c.get("/health/circuit-breakers/open").json()["circuit_breakers"]) == ["flaky"]
     assert 'orchestrator_circuit_breaker_state{route="flaky",state="Open"} 1' in c.get("/metrics").text
 
-    time.sleep(RESET + 0.1)
-    assert c.get("/health/endpoints/flaky").json()["circuit_breaker"]["state"] == "HalfOpen"
+    wait_until(lambda: breaker_state(c, "flaky") == "HalfOpen", timeout=RESET + 5, message="reset timeout")
     r = c.get("/orchestrator/flaky/ok")  # the trial call
     assert r.status_code == 200
     assert c.get("/health/endpoints/flaky").json()["circuit_breaker"]["state"] == "Closed"
@@ -55,14 +60,16 @@ def test_breaker_opens_rejects_without_the_backend_then_recovers(c, backend):
 
 def test_half_open_failure_reopens(c, backend):
     for _ in range(3):
-        c.get("/orchestrator/flaky/status/503")
-    assert c.get("/orchestrator/flaky/x").status_code == 503
-    time.sleep(RESET + 0.1)
-    assert c.get("/orchestrator/flaky/status/502").status_code == 502  # the trial fails
-    r = c.get("/orchestrator/flaky/x")
+        assert c.get("/orchestrator/flaky2/status/503").status_code == 503
+    r = c.get("/orchestrator/flaky2/x")
     assert r.status_code == 503 and r.json()["error"]["code"] == "circuit_open"
-    time.sleep(RESET + 0.1)
-    assert c.get("/orchestrator/flaky/x").status_code == 200
+    wait_until(lambda: breaker_state(c, "flaky2") == "HalfOpen", timeout=RESET + 5, message="reset timeout")
+    assert c.get("/orchestrator/flaky2/status/502").status_code == 502  # the trial fails
+    r = c.get("/orchestrator/flaky2/x")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "circuit_open"
+    wait_until(lambda: breaker_state(c, "flaky2") == "HalfOpen", timeout=RESET + 5, message="reset timeout")
+    assert c.get("/orchestrator/flaky2/x").status_code == 200
+    assert breaker_state(c, "flaky2") == "Closed"
 
 
 def test_active_health_checks_follow_the_backend(c, backend):
@@ -77,15 +84,22 @@ def test_active_health_checks_follow_the_backend(c, backend):
     assert 'orchestrator_endpoint_healthy{route="hc",health="Healthy"} 1' in c.get("/metrics").text
 
 
+def sibling_probes(backend, count: int) -> None:
+    """Return once route `hc` (same schedule: interval 0.3 s, timeout 0.5 s) got
+    `count` more probes: the bound for "is not probed", instead of a sleep."""
+    start = backend.hits("/api/health/hc")
+    wait_until(lambda: backend.hits("/api/health/hc") >= start + count, message=f"{count} probes of hc")
+
+
 def test_disabled_and_inactive_endpoints_are_not_probed(c, backend):
-    time.sleep(1.0)  # a few intervals
+    sibling_probes(backend, 4)
     assert backend.hits("/api/health/offprobe") == 0
     assert c.get("/health/endpoints/off").json()["health"] == "Disabled"
     wait_until(lambda: backend.hits("/api/health/quiet") > 0, message="quiet probed")
     assert c.put("/registry/endpoints/quiet/status", params={"status": "maintenance"}).status_code == 200
-    time.sleep(0.5)  # let a probe already in flight land
+    sibling_probes(backend, 3)  # > the probe timeout: a probe of quiet already in flight has landed
     stopped = backend.hits("/api/health/quiet")
-    time.sleep(1.0)
+    sibling_probes(backend, 4)
     assert backend.hits("/api/health/quiet") == stopped
     assert c.get("/health/endpoints/quiet").json()["health"] == "Disabled"
     assert c.put("/registry/endpoints/quiet/status", params={"status": "active"}).status_code == 200

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from support.harness import config_yaml, endpoint, wait_until
+from testbed.harness import config_yaml, endpoint, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from orchestrator.core import contract
+from orchestrator.core.breaker import State
+from orchestrator.core.health import Health
 
 
 def test_report_round_trip_and_content_ignores_heartbeat() -> None:
-    report = contract.Report("r1", 1700000000.1234, "abc", {"pay": contract.RouteReport("Healthy", "Open", "u1", 4)})
+    report = contract.Report("r1", 1700000000.1234, "abc",
+                             {"pay": contract.RouteReport(Health.HEALTHY, State.OPEN, "u1", 4)})
     data = report.to_data()
+    assert json.loads(data[contract.REPORT_KEY])["routes"]["pay"] == ["Healthy", "Open", "u1", 4]  # the wire: strings
     again = contract.Report.from_data(data)
     assert again == contract.Report("r1", 1700000000.123, "abc", report.routes)
+    assert again.routes["pay"].health is Health.HEALTHY and again.routes["pay"].breaker is State.OPEN
     # a heartbeat-only write: the routes part is the same text, so no parse is needed
     beat = contract.Report("r1", 1700000010.0, "abc", dict(report.routes)).to_data()
     assert beat[contract.REPORT_KEY] == data[contract.REPORT_KEY]
     assert contract.Report.from_data(beat, again, data[contract.REPORT_KEY]).heartbeat == 1700000010.0
     later = contract.Report("r1", 1700000100.0, "abc", dict(report.routes))
     assert later.content() == report.content()
-    changed = contract.Report("r1", 1700000100.0, "abc", {"pay": contract.RouteReport("Healthy", "Closed", "u1", 4)})
+    changed = contract.Report("r1", 1700000100.0, "abc",
+                              {"pay": contract.RouteReport(Health.HEALTHY, State.CLOSED, "u1", 4)})
     assert changed.content() != report.content()
 
 
@@ -54,3 +62,9 @@ def test_a_newer_report_reads_the_known_fields_and_ignores_the_rest() -> None:
     new = contract.Report.from_data({contract.REPORT_KEY: text, contract.HEARTBEAT_KEY: "1"})
     assert new.format == 7 and new.draining is True
     assert new.routes == {"pay": contract.RouteReport("Healthy", "Open", "u1", 4)}
+def test_a_report_with_an_unknown_state_is_refused() -> None:
+    # The operator's reader ignores such a report whole (operator/inputs.py catches ValueError).
+    data = {contract.REPORT_KEY: json.dumps({"replica": "r1", "routes": {"pay": ["Sick", "Closed", "u1", 4]}}),
+            contract.HEARTBEAT_KEY: "1700000000.0"}
+    with pytest.raises(ValueError):
+        contract.Report.from_data(data)

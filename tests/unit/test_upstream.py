@@ -8,7 +8,8 @@ and when it closes. Behaviour through the real proxy is in tests/proxy/test_upst
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Optional
+import contextlib
+from typing import AsyncIterator, Awaitable, Callable, Optional
 
 import pytest
 
@@ -210,6 +211,24 @@ async def get(pool: Pool, origin: str, path: str = "/", method: str = "GET", tim
         resp.release()
 
 
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Return once `predicate()` holds: an event awaited, not a sleep with a margin."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def pooled(**settings) -> AsyncIterator[Pool]:
+    """A Pool closed however the test ends (an assertion failing inside included)."""
+    pool = Pool(**settings)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def keep_alive_server(reader, writer, n):
     while True:
         head, body = await read_request(reader)
@@ -221,11 +240,10 @@ async def keep_alive_server(reader, writer, n):
 def test_keep_alive_reuses_one_connection():
     async def main():
         async with RawServer(keep_alive_server) as srv:
-            pool = Pool()
-            for _ in range(5):
-                assert await get(pool, srv.origin) == (200, b"n=1 len=0")
-            assert srv.connections == 1 and pool.connections_opened == 1
-            await pool.close()
+            async with pooled() as pool:
+                for _ in range(5):
+                    assert await get(pool, srv.origin) == (200, b"n=1 len=0")
+                assert srv.connections == 1 and pool.connections_opened == 1
     run(main)
 
 
@@ -240,11 +258,10 @@ def test_host_header_and_head_serialised_in_one_piece():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            assert (await get(pool, srv.origin, "/p?q", headers=[(b"x-a", b"1")]))[0] == 200
-            port = srv.origin.rsplit(":", 1)[1]
-            assert seen[0] == f"GET /p?q HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-a: 1\r\n\r\n".encode()
-            await pool.close()
+            async with pooled() as pool:
+                assert (await get(pool, srv.origin, "/p?q", headers=[(b"x-a", b"1")]))[0] == 200
+                port = srv.origin.rsplit(":", 1)[1]
+                assert seen[0] == f"GET /p?q HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-a: 1\r\n\r\n".encode()
     run(main)
 
 
@@ -258,11 +275,10 @@ def test_connection_close_from_the_server_is_not_reused():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            for _ in range(3):
-                assert await get(pool, srv.origin) == (200, b"ok")
-            assert srv.connections == 3 and pool.idle_count() == 0
-            await pool.close()
+            async with pooled() as pool:
+                for _ in range(3):
+                    assert await get(pool, srv.origin) == (200, b"ok")
+                assert srv.connections == 3 and pool.idle_count() == 0
     run(main)
 
 
@@ -277,17 +293,16 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            results = [await get(pool, srv.origin) for _ in range(3)]
-            assert results == [(200, b"conn 1"), (200, b"conn 2"), (200, b"conn 3")]
-            # an idempotent request with a small body held whole is replayed as well
-            assert await get(pool, srv.origin, method="PUT", body=[b"abc"]) == (200, b"conn 4")
-            # a POST never is (RFC 9110 §9.2.2): the backend may have acted on it
-            with pytest.raises(UpstreamError) as err:
-                await get(pool, srv.origin, method="POST", body=[b"abc"])
-            assert err.value.kind is Failure.PROTOCOL_ERROR
-            assert srv.connections == 4  # no fresh connection was opened to replay it
-            await pool.close()
+            async with pooled() as pool:
+                results = [await get(pool, srv.origin) for _ in range(3)]
+                assert results == [(200, b"conn 1"), (200, b"conn 2"), (200, b"conn 3")]
+                # an idempotent request with a small body held whole is replayed as well
+                assert await get(pool, srv.origin, method="PUT", body=[b"abc"]) == (200, b"conn 4")
+                # a POST never is (RFC 9110 §9.2.2): the backend may have acted on it
+                with pytest.raises(UpstreamError) as err:
+                    await get(pool, srv.origin, method="POST", body=[b"abc"])
+                assert err.value.kind is Failure.PROTOCOL_ERROR
+                assert srv.connections == 4  # no fresh connection was opened to replay it
     run(main)
 
 
@@ -298,12 +313,11 @@ def test_fresh_connection_closed_unanswered_is_a_protocol_error_without_retry():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            with pytest.raises(UpstreamError) as err:
-                await get(pool, srv.origin)
-            assert err.value.kind is Failure.PROTOCOL_ERROR
-            assert srv.connections == 1
-            await pool.close()
+            async with pooled() as pool:
+                with pytest.raises(UpstreamError) as err:
+                    await get(pool, srv.origin)
+                assert err.value.kind is Failure.PROTOCOL_ERROR
+                assert srv.connections == 1
     run(main)
 
 
@@ -317,13 +331,12 @@ def test_streamed_body_is_never_replayed():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            assert (await get(pool, srv.origin))[0] == 200
-            with pytest.raises(UpstreamError) as err:
-                await get(pool, srv.origin, method="POST", body=[b"a", b"b", b"c"], chunked=True)
-            assert err.value.kind is Failure.PROTOCOL_ERROR
-            assert srv.connections == 1
-            await pool.close()
+            async with pooled() as pool:
+                assert (await get(pool, srv.origin))[0] == 200
+                with pytest.raises(UpstreamError) as err:
+                    await get(pool, srv.origin, method="POST", body=[b"a", b"b", b"c"], chunked=True)
+                assert err.value.kind is Failure.PROTOCOL_ERROR
+                assert srv.connections == 1
     run(main)
 
 
@@ -337,12 +350,10 @@ def test_server_closing_idle_connections_is_noticed():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            for _ in range(3):
-                assert await get(pool, srv.origin) == (200, b"ok")
-                await asyncio.sleep(0.15)
-                assert pool.idle_count() == 0  # dropped from the pool when the server closed it
-            await pool.close()
+            async with pooled() as pool:
+                for _ in range(3):
+                    assert await get(pool, srv.origin) == (200, b"ok")
+                    await eventually(lambda: pool.idle_count() == 0)  # dropped when the server closed it
     run(main)
 
 
@@ -350,13 +361,12 @@ def test_server_closing_idle_connections_is_noticed():
 def test_idle_bound_and_expiry():
     async def main():
         async with RawServer(keep_alive_server) as srv:
-            pool = Pool(max_idle_per_origin=2, idle_timeout=0.2)
-            await asyncio.gather(*(get(pool, srv.origin, "/slow") for _ in range(5)))
-            assert pool.connections_opened == 5
-            assert pool.idle_count(srv.origin) == 2  # the other three were closed on release
-            await asyncio.sleep(0.5)
-            assert pool.idle_count() == 0
-            await pool.close()
+            # idle_timeout: far longer than the gather takes, so no connection expires before the count.
+            async with pooled(max_idle_per_origin=2, idle_timeout=2.0) as pool:
+                await asyncio.gather(*(get(pool, srv.origin, "/slow") for _ in range(5)))
+                assert pool.connections_opened == 5
+                assert pool.idle_count(srv.origin) == 2  # the other three were closed on release
+                await eventually(lambda: pool.idle_count() == 0)  # expired
     run(main)
 
 
@@ -374,11 +384,10 @@ def test_chunked_response_with_extensions_and_trailers():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            assert await get(pool, srv.origin) == (200, b"hello world")
-            assert await get(pool, srv.origin) == (200, b"hello world")
-            assert srv.connections == 1
-            await pool.close()
+            async with pooled() as pool:
+                assert await get(pool, srv.origin) == (200, b"hello world")
+                assert await get(pool, srv.origin) == (200, b"hello world")
+                assert srv.connections == 1
     run(main)
 
 
@@ -393,11 +402,10 @@ def test_read_until_close_response():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            for _ in range(2):
-                assert await get(pool, srv.origin) == (200, b"x" * 1_000_000)
-            assert srv.connections == 2 and pool.idle_count() == 0
-            await pool.close()
+            async with pooled() as pool:
+                for _ in range(2):
+                    assert await get(pool, srv.origin) == (200, b"x" * 1_000_000)
+                assert srv.connections == 2 and pool.idle_count() == 0
     run(main)
 
 
@@ -416,14 +424,13 @@ def test_bodiless_statuses_and_head_keep_the_connection_usable(status):
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            assert await get(pool, srv.origin, "/none") == (status, b"")
-            assert await get(pool, srv.origin, method="HEAD") == (200, b"")
-            assert await get(pool, srv.origin) == (200, b"ok")
-            assert await get(pool, srv.origin, method="HEAD") == (200, b"")
-            assert await get(pool, srv.origin, "/none") == (status, b"")
-            assert srv.connections == 1
-            await pool.close()
+            async with pooled() as pool:
+                assert await get(pool, srv.origin, "/none") == (status, b"")
+                assert await get(pool, srv.origin, method="HEAD") == (200, b"")
+                assert await get(pool, srv.origin) == (200, b"ok")
+                assert await get(pool, srv.origin, method="HEAD") == (200, b"")
+                assert await get(pool, srv.origin, "/none") == (status, b"")
+                assert srv.connections == 1
     run(main)
 
 
@@ -435,12 +442,11 @@ def test_interim_1xx_responses_are_skipped():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            resp = await pool.request(srv.origin, "GET", "/", [], None, 0, pool.time() + 5)
-            assert resp.status == 200 and resp.headers == [(b"content-length", b"5")]
-            assert await resp.read() == b"final"
-            resp.release()
-            await pool.close()
+            async with pooled() as pool:
+                resp = await pool.request(srv.origin, "GET", "/", [], None, 0, pool.time() + 5)
+                assert resp.status == 200 and resp.headers == [(b"content-length", b"5")]
+                assert await resp.read() == b"final"
+                resp.release()
     run(main)
 
 
@@ -455,28 +461,26 @@ def test_malformed_and_cut_responses_are_protocol_errors():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            for _ in range(2):
-                with pytest.raises(UpstreamError) as err:
-                    await get(pool, srv.origin)
-                assert err.value.kind is Failure.PROTOCOL_ERROR
-            await pool.close()
+            async with pooled() as pool:
+                for _ in range(2):
+                    with pytest.raises(UpstreamError) as err:
+                        await get(pool, srv.origin)
+                    assert err.value.kind is Failure.PROTOCOL_ERROR
     run(main)
 
 
 @pytest.mark.usefixtures("event_loop_kind")
 def test_connect_errors():
     async def main():
-        pool = Pool()
-        async with RawServer(keep_alive_server) as srv:
-            origin = srv.origin
-        with pytest.raises(UpstreamError) as err:  # nothing listens there any more
-            await get(pool, origin)
-        assert err.value.kind is Failure.CONNECT_ERROR
-        with pytest.raises(UpstreamError) as err:
-            await get(pool, "http://no-such-host.invalid:80")
-        assert err.value.kind is Failure.CONNECT_ERROR
-        await pool.close()
+        async with pooled() as pool:
+            async with RawServer(keep_alive_server) as srv:
+                origin = srv.origin
+            with pytest.raises(UpstreamError) as err:  # nothing listens there any more
+                await get(pool, origin)
+            assert err.value.kind is Failure.CONNECT_ERROR
+            with pytest.raises(UpstreamError) as err:
+                await get(pool, "http://no-such-host.invalid:80")
+            assert err.value.kind is Failure.CONNECT_ERROR
     run(main)
 
 
@@ -491,18 +495,15 @@ def test_deadline_covers_head_and_body():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            with pytest.raises(UpstreamError) as err:
-                await get(pool, srv.origin, "/slowhead", timeout=0.2)
-            assert err.value.kind is Failure.TIMEOUT and loop.time() - t0 < 1
-            resp = await pool.request(srv.origin, "GET", "/slowbody", [], None, 0, pool.time() + 0.2)
-            with pytest.raises(UpstreamError) as err:
-                await resp.read()
-            assert err.value.kind is Failure.TIMEOUT
-            resp.release()
-            await pool.close()
+            async with pooled() as pool:
+                with pytest.raises(UpstreamError) as err:
+                    await get(pool, srv.origin, "/slowhead", timeout=0.2)
+                assert err.value.kind is Failure.TIMEOUT  # (the server would have answered after 5 s)
+                resp = await pool.request(srv.origin, "GET", "/slowbody", [], None, 0, pool.time() + 0.2)
+                with pytest.raises(UpstreamError) as err:
+                    await resp.read()
+                assert err.value.kind is Failure.TIMEOUT
+                resp.release()
     run(main)
 
 
@@ -510,16 +511,15 @@ def test_deadline_covers_head_and_body():
 def test_stalled_request_body_times_out():
     async def main():
         async with RawServer(keep_alive_server) as srv:
-            pool = Pool()
+            async with pooled() as pool:
 
-            async def never() -> tuple[bytes, bool]:
-                await asyncio.sleep(10)
-                return b"", False
-            with pytest.raises(UpstreamError) as err:
-                await pool.request(srv.origin, "POST", "/", [], never, 1,
-                                   pool.time() + 0.2)
-            assert err.value.kind is Failure.TIMEOUT
-            await pool.close()
+                async def never() -> tuple[bytes, bool]:
+                    await asyncio.sleep(10)
+                    return b"", False
+                with pytest.raises(UpstreamError) as err:
+                    await pool.request(srv.origin, "POST", "/", [], never, 1,
+                                       pool.time() + 0.2)
+                assert err.value.kind is Failure.TIMEOUT
     run(main)
 
 
@@ -530,18 +530,17 @@ def test_body_source_errors_propagate_unchanged():
 
     async def main():
         async with RawServer(keep_alive_server) as srv:
-            pool = Pool()
-            calls = 0
+            async with pooled() as pool:
+                calls = 0
 
-            async def source() -> tuple[bytes, bool]:
-                nonlocal calls
-                calls += 1
-                if calls == 3:
-                    raise Gone()
-                return b"x", True
-            with pytest.raises(Gone):
-                await pool.request(srv.origin, "POST", "/", [], source, CHUNKED, pool.time() + 5)
-            await pool.close()
+                async def source() -> tuple[bytes, bool]:
+                    nonlocal calls
+                    calls += 1
+                    if calls == 3:
+                        raise Gone()
+                    return b"x", True
+                with pytest.raises(Gone):
+                    await pool.request(srv.origin, "POST", "/", [], source, CHUNKED, pool.time() + 5)
     run(main)
 
 
@@ -559,23 +558,22 @@ def test_slow_consumer_pauses_reading():
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            resp = await pool.request(srv.origin, "GET", "/", [], None, 0, pool.time() + 20)
-            got = 0
-            peak = 0
-            while True:
-                conn = resp._conn
-                peak = max(peak, conn.buffered)
-                chunk = await resp.next_chunk()
-                if not chunk:
-                    break
-                got += len(chunk)
-                await asyncio.sleep(0.001)  # a slow consumer
-            resp.release()
-            assert got == total
-            # bounded by the high-water mark plus what one read can add
-            assert peak <= upstream.READ_HIGH_WATER + 1024 * 1024
-            await pool.close()
+            async with pooled() as pool:
+                resp = await pool.request(srv.origin, "GET", "/", [], None, 0, pool.time() + 20)
+                got = 0
+                peak = 0
+                while True:
+                    conn = resp._conn
+                    peak = max(peak, conn.buffered)
+                    chunk = await resp.next_chunk()
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                    await asyncio.sleep(0.001)  # a slow consumer
+                resp.release()
+                assert got == total
+                # bounded by the high-water mark plus what one read can add
+                assert peak <= upstream.READ_HIGH_WATER + 1024 * 1024
     run(main)
 
 
@@ -583,15 +581,14 @@ def test_slow_consumer_pauses_reading():
 def test_request_bodies_content_length_and_chunked():
     async def main():
         async with RawServer(keep_alive_server) as srv:
-            pool = Pool()
-            pieces = [b"a" * 1000, b"", b"b" * 70000, b"c"]
-            n = sum(map(len, pieces))
-            assert await get(pool, srv.origin, method="PUT", body=list(pieces)) == (200, b"n=1 len=%d" % n)
-            assert await get(pool, srv.origin, method="POST", body=list(pieces), chunked=True) \
-                == (200, b"n=1 len=%d" % n)
-            assert await get(pool, srv.origin, method="POST", body=[b""], chunked=True) == (200, b"n=1 len=0")
-            assert srv.connections == 1
-            await pool.close()
+            async with pooled() as pool:
+                pieces = [b"a" * 1000, b"", b"b" * 70000, b"c"]
+                n = sum(map(len, pieces))
+                assert await get(pool, srv.origin, method="PUT", body=list(pieces)) == (200, b"n=1 len=%d" % n)
+                assert await get(pool, srv.origin, method="POST", body=list(pieces), chunked=True) \
+                    == (200, b"n=1 len=%d" % n)
+                assert await get(pool, srv.origin, method="POST", body=[b""], chunked=True) == (200, b"n=1 len=0")
+                assert srv.connections == 1
     run(main)
 
 
@@ -599,23 +596,40 @@ def test_request_bodies_content_length_and_chunked():
 @pytest.mark.usefixtures("event_loop_kind")
 def test_pooled_connection_dying_while_the_caller_sends_its_body_is_retried(pieces):
     """Nothing was written yet when the connection died: the piece already read is replayed."""
+    hang_up = asyncio.Event()
+
     async def handler(reader, writer, n):
         head, body = await read_request(reader)
         writer.write(ok(b"conn %d got %s" % (n, body)))
         await writer.drain()
-        await asyncio.sleep(0.05)  # then close while idle
+        if n == 1:
+            await hang_up.wait()  # then close the pooled connection, when the test says
+
+    class Recording(Pool):
+        """The pool as it is, remembering the idle connection it hands out (to await its end)."""
+        taken = None
+
+        def _take(self, key):
+            conn = self.taken = super()._take(key)
+            return conn
 
     async def main():
         async with RawServer(handler) as srv:
-            pool = Pool()
-            assert await get(pool, srv.origin) == (200, b"conn 1 got ")
-            queue = list(pieces)
+            pool = Recording()
+            try:
+                assert await get(pool, srv.origin) == (200, b"conn 1 got ")
+                queue = list(pieces)
 
-            async def slow_source() -> tuple[bytes, bool]:
-                await asyncio.sleep(0.2)  # meanwhile the server drops the pooled connection
-                return queue.pop(0), bool(queue)
-            resp = await pool.request(srv.origin, "POST", "/", [], slow_source, CHUNKED, pool.time() + 5)
-            assert resp.status == 200 and await resp.read() == b"conn 2 got " + b"".join(pieces)
-            resp.release()
-            await pool.close()
+                async def slow_source() -> tuple[bytes, bool]:
+                    if pool.taken is not None and not pool.taken.closed:
+                        # The pooled connection dies while we hold the caller's first piece.
+                        hang_up.set()
+                        await eventually(lambda: pool.taken.closed)
+                    return queue.pop(0), bool(queue)
+                resp = await pool.request(srv.origin, "POST", "/", [], slow_source, CHUNKED, pool.time() + 5)
+                assert resp.status == 200 and await resp.read() == b"conn 2 got " + b"".join(pieces)
+                assert srv.connections == 2
+                resp.release()
+            finally:
+                await pool.close()
     run(main)

@@ -279,7 +279,7 @@ up() {
     # the caller's first request usually comes later anyway.
   fi
 
-  # A small env file so tools (tests/cluster/controlplane.py, `env`) need
+  # A small env file so tools (testbed/controlplane.py, `env`) need
   # not parse flags back out of the process list.
   cat >"$RUN/env" <<EOF
 SERVER=$SERVER

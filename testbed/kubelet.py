@@ -6,7 +6,7 @@ the /var/run/secrets/kubernetes.io/serviceaccount/ directory with `token`,
 rotating the token in place.
 
 The test control plane has no scheduler and no kubelet: the Pods stay
-Pending, and podman runs their containers (tests/image/podman.py).
+Pending, and podman runs their containers (testbed/podman.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from podman import PodIdentity
+from testbed.podman import PodIdentity
 
 
 @dataclass

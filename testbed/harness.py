@@ -1,7 +1,7 @@
 """Helpers for the proxy tests: real processes on 127.0.0.1, free ports.
 
 The fixtures built on these live in conftest.py; test modules import the
-plain helpers from here (`from support.harness import ...`).
+plain helpers from here (`from testbed.harness import ...`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "main.py"
 BACKEND = Path(__file__).with_name("backend.py")
 
@@ -197,6 +197,24 @@ def wait_ready(url: str, proc: subprocess.Popen, output: list[bytes], timeout: f
     raise TimeoutError(f"proxy at {url} not ready after {timeout}s")
 
 
+def run_proxy(workdir: Path, config: str, args: tuple[str, ...] = (), env: Optional[dict] = None) -> Proxy:
+    """Launch a proxy and wait until it is ready. A free port can be taken by someone
+    else between free_port() and the bind (the machine is shared): then a new port."""
+    for attempt in range(3):
+        proc, port, path = launch(workdir, config, args, env)
+        proxy = Proxy(proc, port, path, workdir)
+        proxy.output = drain(proc)
+        try:
+            wait_ready(proxy.url, proc, proxy.output)
+            return proxy
+        except BaseException:
+            proxy.stop()
+            if attempt < 2 and b"address already in use" in b"".join(proxy.output):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
 class ProxyFactory:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -205,11 +223,8 @@ class ProxyFactory:
     def __call__(self, config: str, args: tuple[str, ...] = ()) -> Proxy:
         workdir = self.tmp / f"proxy{len(self.started)}"
         workdir.mkdir(parents=True)
-        proc, port, path = launch(workdir, config, args)
-        proxy = Proxy(proc, port, path, workdir)
+        proxy = run_proxy(workdir, config, args)
         self.started.append(proxy)
-        proxy.output = drain(proc)
-        wait_ready(proxy.url, proc, proxy.output)
         return proxy
 
     def stop_all(self) -> None:

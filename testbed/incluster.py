@@ -22,11 +22,11 @@ from typing import Any, Optional
 
 import yaml
 
-from controlplane import ControlPlane
-from kubelet import Kubelet, ServiceAccountVolume
-from podman import ROOT, Container, Podman, pod_args, pod_flags
-from stack import Stack
-from support.harness import free_port
+from testbed.controlplane import ControlPlane
+from testbed.kubelet import Kubelet, ServiceAccountVolume
+from testbed.podman import ROOT, Container, Podman, pod_args, pod_flags
+from testbed.stack import Stack
+from testbed.harness import free_port
 
 CHART = ROOT / "charts" / "orchestrator"
 RELEASE = "orchestrator"

@@ -2,7 +2,7 @@
 
 Each caller thread holds one httpx.Client (one kept-alive connection to the
 load balancer) and alternates GET and POST until told to stop. Every POST
-carries a unique `x-call-id`; the backend (tests/support/backend.py) counts
+carries a unique `x-call-id`; the backend (testbed/backend.py) counts
 the ids it received, so a test can tell lost and duplicated POSTs apart from
 failed calls.
 """

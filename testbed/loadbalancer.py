@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from support.harness import free_port, stop, wait_for_port
+from testbed.harness import free_port, stop, wait_for_port
 
 SLOTS = 8
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, Optional
 import httpx
 import yaml
 
-from support.harness import free_port, stop, stop_proxy, wait_until
+from testbed.harness import free_port, stop, stop_proxy, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "main.py"
 NAMESPACE = "orchestrator-system"
 REGISTRY = "orchestrator-registry"
@@ -53,7 +53,7 @@ class Process:
 
 @dataclass
 class Stack:
-    cp: Any  # tests/cluster/controlplane.ControlPlane
+    cp: Any  # testbed.controlplane.ControlPlane
     workdir: Path
     replicas: int = 2
     operator_kubeconfig: Optional[Path] = None

@@ -7,7 +7,7 @@ implementation of "how to run the control plane" -- the shell script -- and
 this module only adds the Python-side conveniences (kubectl/helm runners, an
 ApiClient, kubeconfigs for service accounts and static users).
 
-    from controlplane import ControlPlane
+    from testbed.controlplane import ControlPlane
 
     with ControlPlane() as cp:
         cp.kubectl("get", "namespaces")
@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS_DIR = REPO_ROOT / "tools" / "controlplane"
 BUILD_SCRIPT = TOOLS_DIR / "build.sh"
 CLUSTER_SCRIPT = TOOLS_DIR / "cluster.sh"

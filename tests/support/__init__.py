@@ -1,1 +1,0 @@
-"""Helpers every test tier shares: a controllable backend server and process harness."""
