@@ -102,3 +102,28 @@ def decode_shards(documents: Iterable[str]) -> Registry:
         raise ValueError(f"incomplete registry: have shards {indexes} of {count}")
     routes = [Route.from_dict(e) for p in sorted(parsed, key=lambda p: p["index"]) for e in p["endpoints"]]
     return Registry(routes={r.name: r for r in routes}, revision=parsed[0]["revision"])
+
+
+class RegistryNotReady(Exception):
+    """The registry is absent or half-written (shards of different revisions)."""
+
+
+def shard_count(head: Mapping[str, str]) -> int:
+    """How many shards the head (shard 0, the named ConfigMap) says there are."""
+    try:
+        return max(1, int(head.get("shards", "1")))
+    except ValueError:
+        raise RegistryNotReady(f"bad shard count {head.get('shards')!r}") from None
+
+
+def assemble(documents: list[Optional[str]]) -> Registry:
+    """The registry from shard documents in index order (None: that shard's ConfigMap is missing)."""
+    missing = [i for i, d in enumerate(documents) if d is None]
+    if missing:
+        raise RegistryNotReady(f"shard {missing[0]} of {len(documents)} is missing")
+    try:
+        return decode_shards(d or "" for d in documents)
+    except UnknownFormat:
+        raise  # not a half-written set: re-reading will not help
+    except (ValueError, KeyError) as exc:
+        raise RegistryNotReady(str(exc)) from None

@@ -11,7 +11,8 @@ from typing import Any
 
 import kopf
 
-from orchestrator.operator import login
+from orchestrator.operator.credentials import Credentials
+from orchestrator.operator.login import login_handler
 from orchestrator.operator.reconciler import Reconciler
 
 
@@ -25,11 +26,11 @@ def reconciler_of(memo: kopf.Memo) -> Reconciler:
     return memo["reconciler"]  # type: ignore[no-any-return]
 
 
-def build_registry() -> kopf.OperatorRegistry:
+def build_registry(credentials: Credentials) -> kopf.OperatorRegistry:
     """A fresh handler registry (instead of kopf's process-global default)."""
     registry = kopf.OperatorRegistry()
 
-    kopf.on.login(registry=registry)(login.login)
+    kopf.on.login(registry=registry)(login_handler(credentials))
 
     @kopf.on.event("orchestrator.dev", "v1alpha1", "endpoints", registry=registry)
     async def endpoint_seen(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

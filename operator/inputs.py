@@ -25,11 +25,22 @@ def object_meta(body: Mapping[str, Any]) -> ObjectMeta:
                       generation=int(m.get("generation") or 0), created=m.get("creationTimestamp") or "")
 
 
+KEPT_META = ("namespace", "name", "uid", "generation", "creationTimestamp")
+
+
+def slim_meta(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata a pass and an Event need, not the rest: managedFields,
+    annotations (a last-applied-configuration copy of the spec) and labels of
+    10,000 objects are most of the operator's memory otherwise."""
+    m = body.get("metadata") or {}
+    return {k: m[k] for k in KEPT_META if k in m}
+
+
 @dataclass
 class EndpointSeen:
     obj: EndpointObject
     status: Optional[dict[str, Any]]  # as the object shows it
-    body_meta: dict[str, Any]
+    body_meta: dict[str, Any]  # see slim_meta
     generation_since: float  # monotonic time this generation was first seen
 
 
@@ -65,7 +76,7 @@ class Inputs:
         status = dict(body.get("status") or {}) or None
         since = before.generation_since if before is not None and before.obj.meta.generation == meta.generation \
             and before.obj.meta.uid == meta.uid else now
-        self.endpoints[meta.key] = EndpointSeen(obj, status, dict(body.get("metadata") or {}), since)
+        self.endpoints[meta.key] = EndpointSeen(obj, status, slim_meta(body), since)
         if before is None or before.obj != obj:
             self.compile_dirty = True
             self.dirty_keys.add(meta.key)
@@ -89,7 +100,7 @@ class Inputs:
             if self.sources.get(meta.key) != source:
                 self.compile_dirty = wake = True
             self.sources[meta.key] = source
-            self.source_meta[meta.key] = dict(body.get("metadata") or {})
+            self.source_meta[meta.key] = slim_meta(body)
         elif meta.key in self.sources:  # deleted, or the label was taken off
             del self.sources[meta.key]
             self.source_meta.pop(meta.key, None)

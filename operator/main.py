@@ -10,23 +10,22 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 import kopf
 import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from orchestrator import kube
 from orchestrator.core import compile as compiler
 from orchestrator.core import contract, model
-from orchestrator.core.registry import Registry, UnknownFormat
+from orchestrator.core.registry import Registry, RegistryNotReady, UnknownFormat
+from orchestrator.operator.api import KubeApi, core_path, group_path, is_outage
+from orchestrator.operator.credentials import Credentials, CredentialsError, locate
 from orchestrator.operator.handlers import build_registry, memo_for
 from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.probes import KopfRetryFilter, Probes
 from orchestrator.operator.reconciler import Reconciler, Settings
+from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer
 from orchestrator.settings import OperatorSettings
-from orchestrator.operator.writer import GROUP, PLURAL, VERSION, Writer, fail_fast, is_outage
 
 log = logging.getLogger(__name__)
 PEERING_NAME = "orchestrator"
@@ -68,35 +67,27 @@ class Snapshot:
     shards: int = 0
 
 
-def list_everything(settings: Settings, api: client.ApiClient, namespaces: Optional[list[str]]) -> Snapshot:
-    """List everything once before the first write (blocking; run in a thread), so a
-    restart never writes a registry that lacks objects the watches have not delivered yet."""
+async def list_everything(writer: Writer, namespaces: Optional[list[str]]) -> Snapshot:
+    """List everything once before the first write, so a restart never writes a
+    registry that lacks objects the watches have not delivered yet. Page by page:
+    at 10,000 Endpoints the whole answer is never held at once."""
     snap = Snapshot()
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    scopes: list[Optional[str]] = list(namespaces) if namespaces else [None]
-    for ns in scopes:
-        # The client types these answers as `object`: they are the list's JSON.
-        eps = cast(dict[str, Any], custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) if ns
-                   else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
-        snap.endpoints.extend(eps.get("items", []))
-        selector = f"{contract.SOURCE_LABEL}=true"
-        cms = (core.list_namespaced_config_map(ns, label_selector=selector) if ns
-               else core.list_config_map_for_all_namespaces(label_selector=selector))
-        snap.configmaps.extend(api.sanitize_for_serialization(cm) for cm in cms.items)
-    reports = core.list_namespaced_config_map(
-        settings.namespace, label_selector=f"{contract.REPORT_LABEL}={settings.registry_name}")
-    snap.configmaps.extend(api.sanitize_for_serialization(cm) for cm in reports.items)
+    api = writer.api
+    selector = f"{contract.SOURCE_LABEL}=true"
+    for ns in (list(namespaces) if namespaces else [None]):
+        snap.endpoints.extend(await api.list(group_path(GROUP, VERSION, PLURAL, ns)))
+        snap.configmaps.extend(await api.list(core_path(ns, "configmaps") if ns else "/api/v1/configmaps",
+                                              label_selector=selector))
+    snap.configmaps.extend(await writer.list_reports())
     try:
-        head = core.read_namespaced_config_map(settings.registry_name, settings.namespace)
-        snap.registry = kube.read_registry(core, settings.namespace, settings.registry_name, head)
-        snap.shards = int((head.data or {}).get("shards", "1"))
+        snap.registry, snap.shards = await writer.read_registry()
         log.info("found registry revision %s with %d routes", snap.registry.revision, len(snap.registry.routes))
     except UnknownFormat as exc:
         # Written by a newer release (a rollback of the operator): this release writes
         # its own format again, which every proxy release reads.
         log.warning("the registry was written by a newer release (%s): it will be rewritten", exc)
-    except (kube.RegistryNotReady, ApiException) as exc:
-        log.info("no usable registry yet (%s): it will be written", getattr(exc, "reason", exc))
+    except RegistryNotReady as exc:
+        log.info("no usable registry yet (%s): it will be written", exc)
     return snap
 
 
@@ -111,13 +102,12 @@ def prime(reconciler: Reconciler, snap: Snapshot, listed_at: float) -> None:
     reconciler.kick()
 
 
-async def list_until_done(reconciler: Reconciler, api: client.ApiClient,
-                          namespaces: Optional[list[str]]) -> Snapshot:
+async def list_until_done(reconciler: Reconciler, namespaces: Optional[list[str]]) -> Snapshot:
     """The first listing, retried while the API server is away (one log line, not one per try)."""
     while True:
         listed_at = reconciler.clock.wall()
         try:
-            snap = await asyncio.to_thread(list_everything, reconciler.settings, api, namespaces)
+            snap = await list_everything(reconciler.writer, namespaces)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -134,18 +124,17 @@ async def list_until_done(reconciler: Reconciler, api: client.ApiClient,
 def run_operator(options: OperatorSettings) -> int:
     if options.log_level != "debug":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
-        # urllib3 logs each of its own retries: during an outage, several lines a second.
-        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    if options.kubeconfig:
-        # kopf's login_with_kubeconfig reads only the environment (operator/login.py).
-        os.environ["KUBECONFIG"] = options.kubeconfig
     namespaces: Optional[list[str]] = options.watch_namespace or None
     settings = Settings(namespace=options.namespace, registry_name=options.registry,
                         defaults=load_defaults(options.defaults), report_stale_seconds=options.report_stale_seconds,
                         status_workers=options.status_workers, debounce_seconds=options.debounce_seconds,
                         hold_seconds=options.hold_seconds, allow_link_local=options.allow_link_local)
-    api = kube.api_client(options.kubeconfig)
-    fail_fast(api)
+    try:
+        credentials = locate(options.kubeconfig)
+    except CredentialsError as exc:
+        log.error("cannot reach the API server: %s", exc)
+        return 2
+    api = KubeApi(credentials)
     identity = f"{socket.gethostname()}/{os.getpid()}"
     peering = PeeringGuard(api, PEERING_NAME, identity, namespace=namespaces[0] if namespaces else None)
     writer = Writer(api, options.namespace, options.registry, owner_configmap=options.owner_configmap)
@@ -154,20 +143,21 @@ def run_operator(options: OperatorSettings) -> int:
     retry_filter = KopfRetryFilter(reconciler.lost_contact)
     for handler in logging.getLogger().handlers:
         handler.addFilter(retry_filter)
-    return asyncio.run(_main(reconciler, api, namespaces, options.health_port, options.liveness_seconds, identity))
+    return asyncio.run(_main(reconciler, credentials, namespaces, options.health_port, options.liveness_seconds,
+                             identity))
 
 
-async def _main(reconciler: Reconciler, api: client.ApiClient, namespaces: Optional[list[str]], health_port: int,
+async def _main(reconciler: Reconciler, credentials: Credentials, namespaces: Optional[list[str]], health_port: int,
                 liveness_seconds: float, identity: str) -> int:
     probes = Probes(reconciler.contact, reconciler.metrics, time.time, liveness_seconds)
     await probes.start("0.0.0.0", health_port)
     loop_task = asyncio.create_task(reconciler.run(), name="reconciler")
     try:
-        await list_until_done(reconciler, api, namespaces)
+        await list_until_done(reconciler, namespaces)
         settings = kopf.OperatorSettings()
         kopf_settings(settings)
         await kopf.operator(
-            registry=build_registry(),
+            registry=build_registry(credentials),
             settings=settings,
             memo=memo_for(reconciler),
             clusterwide=namespaces is None,
@@ -179,4 +169,5 @@ async def _main(reconciler: Reconciler, api: client.ApiClient, namespaces: Optio
     finally:
         loop_task.cancel()
         await probes.stop()
+        await reconciler.writer.api.close()
     return 0

@@ -13,8 +13,7 @@ import datetime
 import logging
 from typing import Any, Mapping, Optional
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from orchestrator.operator.api import ApiError, KubeApi, group_path
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,9 @@ def live_rivals(status: Optional[Mapping[str, Any]], me: str, my_priority: int,
 
 
 class PeeringGuard:
-    def __init__(self, api: client.ApiClient, name: str, identity: str, priority: int = 0,
+    def __init__(self, api: KubeApi, name: str, identity: str, priority: int = 0,
                  namespace: Optional[str] = None) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.api = api
         self.name = name
         self.identity = identity
         self.priority = priority
@@ -50,17 +49,15 @@ class PeeringGuard:
         self.rivals: list[str] = []
         self.checked = False  # read at least once
 
-    def check(self) -> list[str]:
-        """Blocking: read the peering object; returns (and remembers) the live rivals."""
-        obj: dict[str, Any]  # the client's methods are typed as returning `object`
+    async def check(self) -> list[str]:
+        """Read the peering object; returns (and remembers) the live rivals."""
+        if self.namespace is None:
+            path = group_path("kopf.dev", "v1", "clusterkopfpeerings", name=self.name)
+        else:
+            path = group_path("kopf.dev", "v1", "kopfpeerings", self.namespace, self.name)
         try:
-            if self.namespace is None:
-                obj = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
-                    "kopf.dev", "v1", "clusterkopfpeerings", self.name)
-            else:
-                obj = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                    "kopf.dev", "v1", self.namespace, "kopfpeerings", self.name)
-        except ApiException as exc:
+            obj = await self.api.get(path, timeout=10)
+        except ApiError as exc:
             if exc.status == 404:  # no peering object: kopf runs standalone, so do we
                 self.rivals, self.checked = [], True
                 return self.rivals

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol
 
@@ -27,7 +26,8 @@ from orchestrator.operator.freshness import Contact, FreshnessRule
 from orchestrator.operator.inputs import Inputs
 from orchestrator.operator.peering import PeeringGuard
 from orchestrator.operator.plan import Changes, Event, Now, Pass, Plan, StatusPatch, Written
-from orchestrator.operator.writer import Writer, is_outage, no_answer
+from orchestrator.operator.api import is_outage, no_answer
+from orchestrator.operator.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ class StatusQueue:
         self.in_flight = 0
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="status")
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"status-{i}") for i in range(self.workers)]
@@ -106,7 +105,6 @@ class StatusQueue:
     def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def put(self, patch: StatusPatch) -> None:
         older = self.pending.pop(patch.uid, None)
@@ -137,8 +135,7 @@ class StatusQueue:
         self._changed()
         try:
             ns, name = patch.key
-            landed = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.writer.patch_status, ns, name, patch.desired)
+            landed = await self.writer.patch_status(ns, name, patch.desired)
             self.metrics.status_writes.labels("ok" if landed else "gone").inc()
             if landed:
                 self.events.extend((patch.involved, event) for event in patch.events)
@@ -157,8 +154,7 @@ class StatusQueue:
 
     async def _event(self, involved: dict[str, str], event: Event) -> None:
         etype, reason, message = event
-        ok = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self.writer.event, involved, etype, reason, message)
+        ok = await self.writer.event(involved, etype, reason, message)
         self.metrics.events.labels("ok" if ok else "failed").inc()
 
 
@@ -235,7 +231,7 @@ class Reconciler:
         the freshest word on every replica."""
         at = self.clock.wall()
         try:
-            items = await asyncio.to_thread(self.writer.list_reports)
+            items = await self.writer.list_reports()
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -253,7 +249,7 @@ class Reconciler:
         said = ""
         while True:
             try:
-                await asyncio.to_thread(self.peering.check)
+                await self.peering.check()
                 said = ""
             except Exception as exc:
                 if is_outage(exc):
@@ -331,7 +327,7 @@ class Reconciler:
         written = self.written
         if plan.registry is not None:
             try:
-                written.shards = await asyncio.to_thread(self.writer.write_registry, plan.registry, written.shards)
+                written.shards = await self.writer.write_registry(plan.registry, written.shards)
             except Exception:
                 self.metrics.registry_writes.labels("failed").inc()
                 self._restore(changes)
@@ -340,7 +336,7 @@ class Reconciler:
             log.info("registry revision %s written: %d routes in %d shard(s)",
                      plan.registry.revision, len(plan.registry.routes), written.shards)
         for event in plan.source_events:
-            ok = await asyncio.to_thread(self.writer.event, event.involved, event.type, event.reason, event.message)
+            ok = await self.writer.event(event.involved, event.type, event.reason, event.message)
             self.metrics.events.labels("ok" if ok else "failed").inc()
         if plan.fresh != written.fresh:
             if written.fresh is not None:
@@ -356,6 +352,6 @@ class Reconciler:
     async def verify_reports(self) -> None:
         """A replica looks stale: list the reports before concluding anything."""
         at = self.clock.wall()
-        items = await asyncio.to_thread(self.writer.list_reports)
+        items = await self.writer.list_reports()
         self.inputs.replace_reports(items, at)
         self.kick()

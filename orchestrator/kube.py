@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from orchestrator.core import contract
-from orchestrator.core.registry import Registry, UnknownFormat, decode_shards
+from orchestrator.core.registry import Registry, RegistryNotReady, assemble, shard_count
 from orchestrator.serviceaccount import ServiceAccount, TokenFile
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,6 @@ class TokenApiClient(client.ApiClient):
 _CALL_API = inspect.signature(client.ApiClient.call_api)
 
 
-class RegistryNotReady(Exception):
-    """The registry is absent or half-written (shards of different revisions)."""
-
-
 def read_registry(core: client.CoreV1Api, namespace: str, name: str,
                   first: Optional[client.V1ConfigMap] = None) -> Registry:
     """Read the compiled registry: shard 0 is the named ConfigMap itself."""
@@ -100,19 +96,14 @@ def read_registry(core: client.CoreV1Api, namespace: str, name: str,
             raise RegistryNotReady(f"ConfigMap {namespace}/{name} does not exist yet") from None
         raise
     data = head.data or {}
-    count = int(data.get("shards", "1"))
-    documents = [data.get(contract.REGISTRY_KEY, "")]
-    for index in range(1, count):
+    documents: list[Optional[str]] = [data.get(contract.REGISTRY_KEY, "")]
+    for index in range(1, shard_count(data)):
         try:
             shard = core.read_namespaced_config_map(contract.shard_name(name, index), namespace)
         except ApiException as exc:
-            if exc.status == 404:
-                raise RegistryNotReady(f"shard {index} of {count} is missing") from None
-            raise
-        documents.append((shard.data or {}).get(contract.REGISTRY_KEY, ""))
-    try:
-        return decode_shards(documents)
-    except UnknownFormat:
-        raise  # not a half-written set: re-reading will not help
-    except (ValueError, KeyError) as exc:
-        raise RegistryNotReady(str(exc)) from None
+            if exc.status != 404:
+                raise
+            documents.append(None)
+        else:
+            documents.append((shard.data or {}).get(contract.REGISTRY_KEY, ""))
+    return assemble(documents)

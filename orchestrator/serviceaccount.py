@@ -8,7 +8,7 @@ bound to is deleted. So it is never read once: `TokenFile` re-reads it
 whenever the file changed (a stat per call) and after the API server refused
 it, and logs one line per change of the authentication state, not one per
 failed call. Both client stacks use it: the official client (orchestrator.kube)
-and kopf's (orchestrator.operator.login).
+and the operator's aiohttp one (orchestrator.operator.credentials).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from kubernetes import client, watch
 
 from orchestrator import kube
-from orchestrator.core.registry import UnknownFormat
+from orchestrator.core.registry import RegistryNotReady, UnknownFormat
 from orchestrator.proxy.state import AppState
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class RegistryWatcher:
                     self.last_error = str(exc)
                     self.state.registry_refused(str(exc))
                     return
-                except kube.RegistryNotReady as exc:
+                except RegistryNotReady as exc:
                     # Shards mid-write: the operator writes the head last, so a retry settles it.
                     self.last_error = str(exc)
                     await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))

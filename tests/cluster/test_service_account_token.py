@@ -2,7 +2,7 @@
 token file that changes under them (orchestrator/serviceaccount.py):
 
 - the official client (orchestrator.kube.in_cluster_client) and kopf's
-  (operator/login.py's aiohttp middleware) retry a 401 once with the file's
+  (operator/credentials.py's aiohttp middleware) retry a 401 once with the file's
   new token, even when the change is invisible to stat();
 - a revoked token with nothing new in the file fails with one log line for
   the state, not one per call.
@@ -29,7 +29,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from orchestrator.kube import in_cluster_client
-from orchestrator.operator.login import bearer_token
+from orchestrator.operator.credentials import bearer_token
 from orchestrator.serviceaccount import ServiceAccount, TokenFile
 from testbed.harness import wait_until
 

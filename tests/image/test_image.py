@@ -172,13 +172,19 @@ def test_standalone_walkthrough_on_a_read_only_root(containers: Podman, image: s
 
 
 LOGIN = """
-import asyncio, kopf
-from orchestrator.operator.login import login
-try:
-    info = asyncio.run(login(settings=kopf.OperatorSettings(), logger=None))
+import asyncio
+from orchestrator.operator.credentials import CredentialsError, locate
+from orchestrator.operator.login import login_handler
+
+async def main():
+    info = await login_handler(locate(None))()
+    await info.aiohttp_session.close()
     print(type(info).__name__, info.server, info.default_namespace)
-except kopf.PermanentError as exc:
-    print("PermanentError:", exc)
+
+try:
+    asyncio.run(main())
+except CredentialsError as exc:
+    print("CredentialsError:", exc)
 """
 
 
@@ -186,7 +192,7 @@ except kopf.PermanentError as exc:
     ({"token": "t", "ca.crt": "bundle", "namespace": "orchestrator-system"},
      "AiohttpSession https://[fd00::10]:6443 orchestrator-system"),
     ({"ca.crt": "bundle"},
-     "PermanentError: /var/run/secrets/kubernetes.io/serviceaccount/token does not exist: "
+     "CredentialsError: /var/run/secrets/kubernetes.io/serviceaccount/token does not exist: "
      "is the service-account token mounted (automountServiceAccountToken)?"),
 ], ids=["mounted", "no-token"])
 def test_operator_login_follows_kubernetes_service_host_and_port(
