@@ -58,7 +58,7 @@ class Settings:
     debounce_seconds: float = 0.05
     report_stale_seconds: float = 30.0
     hold_seconds: float = 1.0  # see plan.Pass.hold_seconds
-    status_workers: int = 8  # status patches in flight
+    status_workers: int = 32  # status patches in flight (async: a task each, no thread)
     retry_seconds: float = 1.0  # after a failed write, and between probes while the API server is away
     peering_seconds: float = 2.0  # how often the peering object is read (a rival pauses writes within this)
     allow_link_local: bool = False  # route backends at link-local addresses (--allow-link-local)
