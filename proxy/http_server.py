@@ -17,7 +17,14 @@ subclass adds, while reading and before anything is buffered beyond the cap:
 - a `CallerLink` in every request's scope, so the forwarder learns at once
   that a caller hung up (uvicorn would only tell a task that calls receive());
 - draining: once `Drain.begin()` was called every response carries
-  `Connection: close` and the connection closes after it.
+  `Connection: close` and the connection closes after it;
+- a bound on pipelining: uvicorn parses every request in a read (up to
+  256 KiB) and queues each one behind the request in progress, and resumes
+  reading after every answer, so a caller that pipelines without end grows
+  the queue without end. Past `MAX_PIPELINED` waiting requests the rest of
+  the connection's input is dropped unparsed, the last accepted request is
+  answered with `Connection: close`, and the connection closes after it (a
+  client retries unanswered pipelined requests, RFC 9112 section 9.3.2).
 
 Only uvicorn's documented protocol hooks and the attributes its own httptools
 protocol uses are touched; tests/proxy/test_limits.py runs them over real sockets.
@@ -133,6 +140,11 @@ LINGER_AT_CAP_SECONDS = 0.25  # short: a connection flood must not pile these up
 LINGER_BYTES = 1024 * 1024
 
 
+# Requests parsed and waiting behind the one in progress, per connection (each
+# holds its scope and headers: a few KiB).
+MAX_PIPELINED = 32
+
+
 class _Refuse(Exception):
     """Raised from a parser callback to stop parsing a request that broke a limit."""
 
@@ -157,6 +169,7 @@ class BoundedProtocol(HttpToolsProtocol):
         self._lingering = False
         self._linger_bytes = 0
         self._stall_timer: Optional[asyncio.TimerHandle] = None
+        self._pipeline_full = False  # input past MAX_PIPELINED is dropped; closing after the queue
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -195,6 +208,8 @@ class BoundedProtocol(HttpToolsProtocol):
 
     # -- reading ---------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._pipeline_full:
+            return
         if self._lingering:
             self._linger_bytes += len(data)
             if self._linger_bytes > LINGER_BYTES:
@@ -212,6 +227,9 @@ class BoundedProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             return
         except httptools.HttpParserError as exc:
+            if self._pipeline_full:
+                self._stop_after_pipeline()
+                return
             refusal = self._refusal or (Failure.BAD_REQUEST, f"the request is not valid HTTP/1.1: {_reason(exc)}")
             self._refuse(*refusal)
             return
@@ -242,6 +260,9 @@ class BoundedProtocol(HttpToolsProtocol):
         self.loop.call_later(seconds, self.transport.close)
 
     def on_message_begin(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete and len(self.pipeline) >= MAX_PIPELINED:
+            self._pipeline_full = True
+            raise _Refuse()
         super().on_message_begin()
         self._in_head = True
         self._raw_head = 0
@@ -282,6 +303,15 @@ class BoundedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self._link = None
         super().on_response_complete()
+        if self._pipeline_full:
+            self.flow.pause_reading()  # uvicorn resumes reading after every answer
+
+    def _stop_after_pipeline(self) -> None:
+        """The queue is full: answer what was accepted, the last with Connection: close."""
+        self.flow.pause_reading()
+        newest = self.pipeline[0][0] if self.pipeline else self.cycle
+        if newest is not None:
+            newest.keep_alive = False
 
     # -- a caller that stops reading -------------------------------------------------
     # The transport's buffer is full and our writes wait on the caller: a slow

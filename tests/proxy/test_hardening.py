@@ -226,6 +226,48 @@ def test_concurrent_callers_each_get_their_own_answer(proxy, strict):
 
 # -- 4. bounded resources -------------------------------------------------------------------
 
+def test_pipelined_requests_are_answered_in_order_up_to_the_bound_then_the_connection_closes(proxy, strict):
+    from orchestrator.proxy.http_server import MAX_PIPELINED
+    n = 2000  # one sendall: uvicorn alone would parse and queue every one of them
+    data = b"".join(b"GET /orchestrator/strict/p%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i for i in range(n))
+    answers, closed = exchange(proxy.port, data, expect=n)
+    assert closed
+    # The one in progress when the queue filled, plus the queue (a read may end before the bound).
+    assert 1 <= len(answers) <= MAX_PIPELINED + 1, len(answers)
+    assert all(a.status == 200 for a in answers)
+    assert [json.loads(a.body)["target"] for a in answers] == [f"/base/p{i}" for i in range(len(answers))]
+    assert answers[-1].headers.get("connection") == ["close"]
+    assert [s.target for s in strict.seen] == [f"/base/p{i}" for i in range(len(answers))]  # nothing else left
+
+
+def test_callers_pipelining_without_end_hold_no_queue_in_the_proxy(proxy, strict):
+    from orchestrator.proxy.http_server import MAX_PIPELINED
+    rss_before = proxy.rss_kb()
+    stream = b"GET /orchestrator/strict/x HTTP/1.1\r\nHost: gw\r\n\r\n" * 8000  # 384 KB
+    socks = [socket.create_connection(("127.0.0.1", proxy.port), timeout=0.05) for _ in range(16)]
+    peak = rss_before
+    try:
+        pending = [memoryview(stream) for _ in socks]
+        deadline = time.monotonic() + 1.2  # within the fixture's 1.5 s head timeout
+        while time.monotonic() < deadline:
+            for i, sock in enumerate(socks):
+                try:
+                    k = sock.send(pending[i])
+                except (socket.timeout, BlockingIOError):
+                    continue
+                except OSError:
+                    continue
+                pending[i] = pending[i][k:] if k < len(pending[i]) else memoryview(stream)
+            peak = max(peak, proxy.rss_kb())
+    finally:
+        for sock in socks:
+            sock.close()
+    # Without the bound each connection's read of up to 256 KiB became ~5,000 queued
+    # requests (about 7 MB each, ~100 MB for these 16); with it, 32 at most.
+    assert peak - rss_before < 24 * 1024, peak - rss_before
+    assert len(strict.seen) <= 16 * (MAX_PIPELINED + 1)
+
+
 def test_request_line_cap_is_414(proxy):
     answer, closed = one(proxy, b"GET /orchestrator/strict/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert answer.status == 414 and closed
