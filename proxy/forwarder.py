@@ -143,6 +143,11 @@ class Forwarder:
             metrics.observe(TABLE[failure.kind].status, time.perf_counter() - started)
             if not failure.response_started:
                 await self._fail(send, failure.kind, name, request_id, detail=failure.detail)
+            else:
+                log.warning("route %s: %s after the answer had started; the caller's connection is closed "
+                            "(request id %s)", name, failure.detail, request_id.decode("latin-1"))
+                if link is not None:
+                    link.cut()
         except (ClientGone, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 if link is None or not link.gone:

@@ -98,13 +98,20 @@ class Drain:
 
 
 class CallerLink:
-    """Tells the forwarder's task that its caller hung up, by cancelling it."""
+    """Between one request's connection and the forwarder's task: tells the task
+    that its caller hung up (by cancelling it), and lets the task cut the
+    connection when an answer already under way cannot be completed."""
 
-    __slots__ = ("task", "gone")
+    __slots__ = ("task", "gone", "_cycle", "_transport")
 
     def __init__(self) -> None:
         self.task: Optional[asyncio.Task[Any]] = None
         self.gone = False
+        self._cycle: Any = None
+        self._transport: Optional[asyncio.Transport] = None
+
+    def bind(self, cycle: Any, transport: asyncio.Transport) -> None:
+        self._cycle, self._transport = cycle, transport
 
     def watch(self, task: Optional[asyncio.Task[Any]]) -> None:
         self.task = task
@@ -114,6 +121,15 @@ class CallerLink:
         task, self.task = self.task, None
         if task is not None and not task.done():
             task.cancel()
+
+    def cut(self) -> None:
+        """Close the connection after what was sent (the caller sees a message cut
+        short, as HTTP/1.1 allows nothing else once the head went out). uvicorn is
+        told the caller is gone, or it logs the unfinished answer as its own error."""
+        if self._cycle is not None:
+            self._cycle.disconnected = True
+        if self._transport is not None:
+            self._transport.close()
 
 
 def canned_response(failure: Failure, detail: Optional[str] = None) -> bytes:
@@ -297,6 +313,7 @@ class BoundedProtocol(HttpToolsProtocol):
         link = self._link = CallerLink()
         self.scope[SCOPE_LINK] = link  # type: ignore[literal-required]
         super().on_headers_complete()
+        link.bind(self.cycle, self.transport)
         if self.drain.draining and self.cycle is not None:
             self.cycle.keep_alive = False  # uvicorn then sends Connection: close and closes
 

@@ -202,6 +202,36 @@ def test_a_body_shorter_than_its_length_is_502_and_the_connection_is_dropped(pro
     assert hostile_get(proxy)[0].body == b"ok"
 
 
+def test_a_streamed_answer_cut_short_by_the_backend_is_cut_short_for_the_caller(proxy, hostile):
+    hostile.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 300_000  # then it closes
+    hostile.keep = False
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET /orchestrator/hostile/cut HTTP/1.1\r\nHost: gw\r\n\r\n")
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        events, body = [], 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                conn.receive_data(data)
+            elif isinstance(event, h11.Data):
+                body += len(event.data)
+            else:
+                events.append(event)
+    assert isinstance(events[0], h11.Response) and events[0].status_code == 200
+    assert not any(isinstance(e, h11.EndOfMessage) for e in events)  # never claimed complete
+    assert body == 300_000  # what the backend sent, then the close
+    hostile.answer, hostile.keep = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", True
+    assert hostile_get(proxy)[0].body == b"ok"
+    log = proxy.log()
+    assert "ASGI callable returned without completing response" not in log  # not an error of ours
+    assert "after the answer had started; the caller's connection is closed" in log
+
+
 def test_concurrent_callers_each_get_their_own_answer(proxy, strict):
     results: dict[int, str] = {}
 
