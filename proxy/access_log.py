@@ -9,9 +9,12 @@ every other log line (orchestrator/logs.py).
 
 It bypasses the `logging` module on purpose: a LogRecord, its formatting and a
 write per call cost more than the proxying itself (docs/performance.md,
-"--access-log"). Lines are built directly and written in batches, one
-write every `flush_seconds`, so the cost per call is a string format and a
-list append.
+"--access-log"). Lines are built directly and handed over in batches, one
+every `flush_seconds`, so the cost per call is a string format and a list
+append. The writes happen in a thread of their own: a log reader that stops
+reading (a full pipe to the container runtime) must not stop the event loop
+and with it every call. Past `BACKLOG_BYTES` waiting to be written, lines are
+dropped and counted, and the count is written once the reader catches up.
 """
 
 from __future__ import annotations
@@ -19,13 +22,76 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
+from collections import deque
 from typing import Any, Optional, TextIO
 
 from orchestrator.proxy.forwarder import PREFIX
 
 Scope = dict[str, Any]
 LOGGER = __name__
+BACKLOG_BYTES = 8 * 1024 * 1024
+
+
+class BackgroundWriter:
+    """Writes text to a stream from a daemon thread; `put` never blocks."""
+
+    def __init__(self, stream: Optional[TextIO], limit: int = BACKLOG_BYTES) -> None:
+        self.stream = stream  # None: sys.stderr as it is at write time
+        self.limit = limit
+        self.dropped = 0  # lines
+        self._waiting: deque[str] = deque()
+        self._bytes = 0
+        self._lock = threading.Condition()
+        self._busy = False
+        self._thread: Optional[threading.Thread] = None
+
+    def put(self, text: str) -> None:
+        with self._lock:
+            if self._bytes + len(text) > self.limit:
+                self.dropped += text.count("\n")
+                return
+            self._waiting.append(text)
+            self._bytes += len(text)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until everything handed over is written (at shutdown); False if the stream would not take it."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._waiting or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting:
+                    self._lock.wait()
+                text = "".join(self._waiting)
+                self._waiting.clear()
+                self._bytes = 0
+                dropped, self.dropped = self.dropped, 0
+                self._busy = True
+            if dropped:
+                text += (f"access log: {dropped} line(s) dropped: the log's reader fell more than "
+                         f"{self.limit // (1024 * 1024)} MiB behind\n")
+            stream = self.stream or sys.stderr
+            try:
+                stream.write(text)
+                stream.flush()
+            except (OSError, ValueError):  # a closed stream: nothing to tell it
+                pass
+            with self._lock:
+                self._busy = False
+                self._lock.notify_all()
 
 
 class _Clock:
@@ -52,7 +118,7 @@ class AccessLogged:
                  flush_seconds: float = 0.2) -> None:
         self.app = app
         self.json = fmt == "json"
-        self.stream = stream
+        self.writer = BackgroundWriter(stream)
         self.flush_seconds = flush_seconds
         self._pending: list[str] = []
         self._flush_at: Optional[asyncio.TimerHandle] = None
@@ -109,10 +175,13 @@ class AccessLogged:
             self._flush_at = asyncio.get_running_loop().call_later(self.flush_seconds, self.flush)
 
     def flush(self) -> None:
-        """Write what is pending (also called once at shutdown)."""
+        """Hand what is pending to the writer thread."""
         self._flush_at = None
         if self._pending:
             lines, self._pending = self._pending, []
-            stream = self.stream or sys.stderr
-            stream.write("".join(lines))
-            stream.flush()
+            self.writer.put("".join(lines))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """At shutdown: hand over the rest and give the writer a moment to finish."""
+        self.flush()
+        self.writer.wait_idle(timeout)

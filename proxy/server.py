@@ -109,7 +109,7 @@ async def serve(state: AppState, listeners: list[Listener], settings: ServeSetti
     if stopping is not None:
         stopping.cancel()
     if access is not None:
-        access.flush()
+        access.close()
 
 
 def run(state: AppState, listeners: list[Listener], settings: ServeSettings, log_level: str) -> int:

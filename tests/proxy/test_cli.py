@@ -142,3 +142,24 @@ def test_json_access_log_has_one_line_per_call(tmp_path, backend):
     # every line the process wrote is JSON (uvicorn's and ours)
     text = b"".join(output).decode()
     assert all(line.startswith("{") for line in text.splitlines() if line.strip()), text
+
+
+def test_a_log_reader_that_stops_reading_does_not_stop_the_proxy(tmp_path, backend):
+    # stdout/stderr are a pipe nobody reads: it fills after 64 KiB, as a stuck log
+    # collector's would. The access log writes from its own thread, so calls go on.
+    config = tmp_path / "c.yaml"
+    config.write_text(config_yaml([endpoint("svc", f"{backend.url}/api")], health={"enabled": False}))
+    port = free_port()
+    proc = run(["--config", str(config), "--port", str(port), "--host", "127.0.0.1", "--access-log",
+                "--log-level", "warning"], cwd=tmp_path)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, [])
+        served = 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for i in range(2500):  # ~170 bytes of access log each: 6x what the pipe holds
+                if client.get(f"/orchestrator/svc/call-{i}").status_code == 200:
+                    served += 1
+        assert served == 2500
+    finally:
+        stop_proxy(proc)
+        proc.communicate(timeout=10)  # reads the pipe at last, so the process can exit
