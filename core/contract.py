@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypeVar
 
 from orchestrator.core.breaker import State
 from orchestrator.core.health import Health
@@ -99,9 +99,11 @@ class Report:
             replica=str(parsed["replica"]),
             heartbeat=heartbeat,
             revision=str(parsed.get("revision", "")),
-            # Extra items (a newer proxy's) are ignored; an unknown state raises
-            # ValueError: the reader ignores the whole report.
-            routes={n: RouteReport(Health(v[0]), State(v[1]), v[2], v[3])
+            # Extra items (a newer proxy's) are ignored, and so is a state this
+            # release does not know (read as Unknown health, a Closed breaker): during
+            # a rolling upgrade the route still counts as loaded on that replica.
+            routes={n: RouteReport(_known(Health, v[0], Health.UNKNOWN), _known(State, v[1], State.CLOSED),
+                                   v[2], v[3])
                     for n, v in parsed.get("routes", {}).items()},
             draining=parsed.get("draining") is True,
             registry_error=str(parsed.get("registryError", "")),
@@ -111,3 +113,13 @@ class Report:
     def content(self) -> tuple[str, dict[str, RouteReport], bool, str]:
         """Everything but the heartbeat: a change here is worth a write now."""
         return self.revision, self.routes, self.draining, self.registry_error
+
+
+_E = TypeVar("_E", Health, State)
+
+
+def _known(kind: type[_E], value: Any, default: _E) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        return default

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from orchestrator.core import contract
 from orchestrator.core.breaker import State
@@ -62,9 +61,14 @@ def test_a_newer_report_reads_the_known_fields_and_ignores_the_rest() -> None:
     new = contract.Report.from_data({contract.REPORT_KEY: text, contract.HEARTBEAT_KEY: "1"})
     assert new.format == 7 and new.draining is True
     assert new.routes == {"pay": contract.RouteReport("Healthy", "Open", "u1", 4)}
-def test_a_report_with_an_unknown_state_is_refused() -> None:
-    # The operator's reader ignores such a report whole (operator/inputs.py catches ValueError).
-    data = {contract.REPORT_KEY: json.dumps({"replica": "r1", "routes": {"pay": ["Sick", "Closed", "u1", 4]}}),
+
+
+def test_a_state_this_release_does_not_know_still_counts_the_route_as_loaded() -> None:
+    # A newer proxy during a rolling upgrade: refusing its whole report would take every
+    # route out of Programmed on that replica (Ready would flap for the whole fleet).
+    data = {contract.REPORT_KEY: json.dumps({"replica": "r1", "routes": {"pay": ["Sick", "Jammed", "u1", 4],
+                                                                          "ok": ["Healthy", "Open", "u2", 1]}}),
             contract.HEARTBEAT_KEY: "1700000000.0"}
-    with pytest.raises(ValueError):
-        contract.Report.from_data(data)
+    report = contract.Report.from_data(data)
+    assert report.routes == {"pay": contract.RouteReport(Health.UNKNOWN, State.CLOSED, "u1", 4),
+                             "ok": contract.RouteReport(Health.HEALTHY, State.OPEN, "u2", 1)}
