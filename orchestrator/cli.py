@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from orchestrator.logs import setup_logging
 from orchestrator.settings import (OperatorSettings, ProxySettings, SettingsError, StandaloneSettings, add_flags,
@@ -109,6 +109,21 @@ def _serve(state: "AppState", settings: Union[StandaloneSettings, ProxySettings]
     return server.run(state, listeners, settings, level)
 
 
+def run_operator(settings: OperatorSettings) -> int:
+    from orchestrator.operator.main import run_operator as run
+
+    setup_logging(settings.log_level, settings.log_format)
+    return run(settings)
+
+
+# Each command: the settings it reads, and what runs them (one table, one branch).
+COMMANDS: dict[str, tuple[type, Callable[[Any], int]]] = {
+    "standalone": (StandaloneSettings, run_standalone),
+    "proxy": (ProxySettings, run_cluster_proxy),
+    "operator": (OperatorSettings, run_operator),
+}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -116,20 +131,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv.insert(0, "standalone")
     args = parser.parse_args(argv)
     command = args.command or "standalone"
-    settings: Union[StandaloneSettings, ProxySettings, OperatorSettings]
+    model, runner = COMMANDS[command]
     try:
-        if command == "proxy":
-            settings = load(ProxySettings, args)
-        elif command == "operator":
-            settings = load(OperatorSettings, args)
-        else:
-            settings = load(StandaloneSettings, args)
+        settings: Any = load(model, args)
     except SettingsError as exc:  # one line naming the knob, argparse's exit code
         parser.exit(2, f"orchestrator {command}: error: {exc}\n")
-    if isinstance(settings, StandaloneSettings):
-        return run_standalone(settings)
-    if isinstance(settings, ProxySettings):
-        return run_cluster_proxy(settings)
-    from orchestrator.operator.main import run_operator
-    setup_logging(settings.log_level, settings.log_format)
-    return run_operator(settings)
+    return runner(settings)
