@@ -193,7 +193,7 @@ def make_stack_class():
             return self
 
         def _spawn(self, name, args, env, port):  # type: ignore[override]
-            import stack as stack_module
+            from testbed import stack as stack_module
             extra = self.operator_env if name == "operator" else self.proxy_env
             env = {**env, **extra}
             if self.src is None:
