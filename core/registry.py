@@ -44,7 +44,7 @@ class Registry:
 
 
 def route_json(route: Route) -> str:
-    return json.dumps(route.to_dict(), sort_keys=True, separators=(",", ":"))
+    return json.dumps(route.to_wire(), sort_keys=True, separators=(",", ":"))
 
 
 def _revision(documents: Iterable[str]) -> str:

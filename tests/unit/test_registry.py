@@ -31,6 +31,36 @@ def test_route_dict_round_trip():
     assert Route.from_dict(json.loads(json.dumps(d))) == r
 
 
+def test_the_wire_form_leaves_out_the_defaults_and_reads_back_the_same_route():
+    plain = Route(name="pay", url="http://pay.ns.svc", source=Source(kind="Endpoint", namespace="ns", name="pay",
+                                                                       uid="u1", generation=1))
+    wire = plain.to_wire()
+    assert wire == {"name": "pay", "url": "http://pay.ns.svc",
+                    "source": {"kind": "Endpoint", "namespace": "ns", "name": "pay", "uid": "u1", "generation": 1}}
+    assert Route.from_dict(json.loads(json.dumps(wire))) == plain
+    custom = route(1, disabled=True)  # non-default values in every section
+    wire = custom.to_wire()
+    assert wire["healthCheck"] == {"path": "/healthz", "intervalSeconds": 15.0}
+    assert wire["circuitBreaker"] == {"failureThreshold": 3} and wire["disabled"] is True
+    assert Route.from_dict(json.loads(json.dumps(wire))) == custom
+
+
+def test_what_an_omitted_key_means_is_part_of_the_format():
+    # An older proxy fills an omitted key with ITS built-in default. Changing a default
+    # below therefore changes what registries already written mean: bump FORMAT_VERSION.
+    assert FORMAT == "orchestrator.dev/registry/v1"
+    assert Route(name="x", url="http://x").to_dict() == {
+        "name": "x", "url": "http://x", "version": "v1", "methods": ["GET"], "authType": "none",
+        "disabled": False, "timeoutSeconds": 30.0,
+        "healthCheck": {"enabled": True, "path": "/health", "intervalSeconds": 30.0, "timeoutSeconds": 10.0,
+                        "healthyThreshold": 2, "unhealthyThreshold": 3},
+        "circuitBreaker": {"failureThreshold": 5, "resetTimeoutSeconds": 60.0, "halfOpenMaxCalls": 3,
+                           "fallback": "error_response"},
+        "retries": {"attempts": 0, "onServerError": False},
+        "source": {"kind": "File", "namespace": "", "name": "", "uid": "", "generation": 0, "entry": ""},
+    }
+
+
 def test_shards_round_trip_with_small_max_bytes():
     registry = Registry.build(route(i) for i in range(200))
     shards = encode_shards(registry, max_bytes=8 * 1024)
