@@ -36,6 +36,7 @@ class RegistryWatcher:
         self.connected = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._latest: Any = None  # the newest ConfigMap seen; loads always read this one
+        self._latest_at = 0.0  # when it arrived (the state's clock): the log says how long loading took
         self._load_lock = asyncio.Lock()
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -54,6 +55,7 @@ class RegistryWatcher:
     async def refresh(self) -> None:
         """Read the registry now (the `/router/refresh` button)."""
         self._latest = await asyncio.to_thread(self.core.read_namespaced_config_map, self.name, self.namespace)
+        self._latest_at = self.state.clock()
         await self._load()
 
     # -- the watch thread -------------------------------------------------------
@@ -88,6 +90,7 @@ class RegistryWatcher:
     # -- on the event loop ------------------------------------------------------
     def _schedule(self, configmap: Any) -> None:
         self._latest = configmap
+        self._latest_at = self.state.clock()
         self.last_event_at = time.time()
         task = asyncio.create_task(self._load())
         self._tasks.add(task)
@@ -96,7 +99,7 @@ class RegistryWatcher:
     async def _load(self) -> None:
         async with self._load_lock:
             for attempt in range(20):
-                head = self._latest
+                head, arrived = self._latest, self._latest_at
                 revision = (head.data or {}).get("revision") if head is not None else None
                 if head is None or revision == self.state.registry.revision and self.state.ready:
                     if head is not None:
@@ -125,7 +128,7 @@ class RegistryWatcher:
                     await asyncio.sleep(1.0)
                     continue
                 if head is self._latest or registry.revision != self.state.registry.revision:
-                    self.state.apply_registry(registry)
+                    self.state.apply_registry(registry, arrived)
                     self.last_error = None
                 if head is self._latest:
                     return
