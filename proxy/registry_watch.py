@@ -20,7 +20,8 @@ from typing import Any, Optional
 from kubernetes import client, watch
 
 from orchestrator import kube
-from orchestrator.core.registry import Registry, UnknownFormat
+from orchestrator.core import contract
+from orchestrator.core.registry import Registry, RouteMemo, UnknownFormat, decode_shards
 from orchestrator.proxy.state import AppState
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class RegistryWatcher:
         self._latest: Any = None  # the newest ConfigMap seen; loads always read this one
         self._latest_at = 0.0  # when it arrived (the state's clock): the log says how long loading took
         self._latest_decoded: Optional[Registry] = None  # _latest, decoded by the watch thread
+        self._memo = RouteMemo()  # the watch thread's: unchanged routes are not built again
         self._load_lock = asyncio.Lock()
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -94,13 +96,13 @@ class RegistryWatcher:
         self._loop.call_soon_threadsafe(self._schedule, configmap, arrived, self._decode_here(configmap))
 
     def _decode_here(self, configmap: Any) -> Optional[Registry]:
-        """A new one-shard registry, decoded (no API call needed); None when it is not
+        """A new one-shard registry, decoded (it needs no API call); None when it is not
         that simple, or does not decode: `_load` reads it the usual way and says why."""
         data = configmap.data or {}
         if data.get("shards", "1") != "1" or data.get("revision") == self.state.registry.revision:
             return None
         try:
-            return kube.read_registry(self.core, self.namespace, self.name, configmap)
+            return decode_shards([data.get(contract.REGISTRY_KEY, "")], self._memo)
         except Exception:
             return None
 

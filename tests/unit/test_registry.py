@@ -10,7 +10,8 @@ import random
 import pytest
 
 from orchestrator.core.model import BreakerSettings, HealthCheckSettings, Route, RetrySettings, Source
-from orchestrator.core.registry import FORMAT, Registry, UnknownFormat, decode_shards, encode_shards, revision_of
+from orchestrator.core.registry import (FORMAT, Registry, RouteMemo, UnknownFormat, decode_shards, encode_shards,
+                                        revision_of)
 
 
 def route(i: int, **kw) -> Route:
@@ -125,3 +126,16 @@ def test_revision_stable_under_reordering_and_sensitive_to_content():
     changed[10] = dataclasses.replace(changed[10], timeout_seconds=6.0)
     assert Registry.build(changed).revision != Registry.build(routes).revision
     assert Registry.build(routes[:-1]).revision != Registry.build(routes).revision
+
+
+def test_a_memo_rebuilds_only_the_routes_whose_entries_changed():
+    memo = RouteMemo()
+    first = decode_shards(encode_shards(Registry.build(route(i) for i in range(5))), memo)
+    changed = [route(i) for i in range(4)] + [dataclasses.replace(route(4), methods=("GET",))] + [route(5)]  # one edited, one new
+    second = decode_shards(encode_shards(Registry.build(changed)), memo)
+    assert dict(second.routes) == {r.name: r for r in changed}
+    assert all(second.routes[f"svc-{i:05d}"] is first.routes[f"svc-{i:05d}"] for i in range(4))
+    assert second.routes["svc-00004"] is not first.routes["svc-00004"]
+    third = decode_shards(encode_shards(Registry.build(changed[1:])), memo)  # one removed
+    assert set(third.routes) == {r.name for r in changed[1:]}
+    assert third.routes["svc-00001"] is first.routes["svc-00001"]
