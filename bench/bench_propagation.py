@@ -35,6 +35,7 @@ watch (the operator is the only writer of status).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import threading
@@ -195,6 +196,9 @@ def run(args, cp, stack, workdir, backend) -> int:
     create_t0: dict[str, float] = {}
     cpu = cb.CpuMeter({"operator": stack.operator.proc.pid,
                        **{f"proxy-{i}": p.proc.pid for i, p in enumerate(stack.proxies)}}).start()
+    phases = cb.PhaseCpu({**cpu.pids, **cb.control_plane_pids(cp), "backend": backend.proc.pid,
+                          "this benchmark": os.getpid()})
+    phases.mark("start")
     started = time.monotonic()
 
     def record(kind: str, t0: float, done: list[Optional[float]]) -> None:
@@ -216,6 +220,7 @@ def run(args, cp, stack, workdir, backend) -> int:
         time.sleep(random.uniform(0.05, 0.15))
         progress(i, args.creates, "create")
 
+    phases.mark("stream create")
     burst_names = [f"burst-{i:03d}" for i in range(args.burst)]
     burst_t0: dict[str, float] = {}
     burst_routed = float("nan")
@@ -230,8 +235,10 @@ def run(args, cp, stack, workdir, backend) -> int:
                 failures["burst"] += 1
         burst_routed = time.monotonic() - b0
         print(f"  burst: {len(burst_names)} created in {max(burst_t0.values()) - b0:.1f} s", flush=True)
+        phases.mark("burst")
 
     edit_t0: dict[str, float] = {}
+    phases.mark("(between)")
     for i, name in enumerate(names[:args.edits]):
         custom.patch_namespaced_custom_object(cb.GROUP, cb.VERSION, "default", cb.PLURAL, name,
                                               {"spec": {"methods": ["GET", "POST"]}})
@@ -241,6 +248,7 @@ def run(args, cp, stack, workdir, backend) -> int:
         time.sleep(random.uniform(0.05, 0.15))
         progress(i, args.edits, "edit")
 
+    phases.mark("edit")
     # Status: Ready=True for creates, Programmed at generation 2 for edits (wait for them before deleting).
     deadline = time.monotonic() + 60
     want_ready = [f"default/{n}" for n in names + burst_names]
@@ -249,6 +257,7 @@ def run(args, cp, stack, workdir, backend) -> int:
                                                and all(k in epw.programmed_at for k in want_prog)):
         time.sleep(0.2)
 
+    phases.mark("(waiting for status)")
     for i, name in enumerate(reversed(names[len(names) - args.deletes:])):
         custom.delete_namespaced_custom_object(cb.GROUP, cb.VERSION, "default", cb.PLURAL, name)
         t0 = time.monotonic()
@@ -256,6 +265,7 @@ def run(args, cp, stack, workdir, backend) -> int:
         time.sleep(random.uniform(0.05, 0.15))
         progress(i, args.deletes, "delete")
 
+    phases.mark("delete")
     elapsed = time.monotonic() - started
     cpu_pct = cpu.stop()
     for kind, t0s in (("create", create_t0), ("burst", burst_t0)):
@@ -320,6 +330,9 @@ def run(args, cp, stack, workdir, backend) -> int:
     print(f"steady state {s1 - s0:.0f} s: status writes {steady_status}, registry writes {steady_registry}, "
           f"report writes per replica {per_replica} (heartbeat {hb:g} s: at most {int((s1 - s0) / hb) + 1} each)")
     print("CPU during the run (% of one core): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_pct.items()))
+    print("CPU by phase (% of one core; other sessions' processes not shown):")
+    for line in phases.lines():
+        print(f"  {line}")
     if outage is not None:
         print(f"\n## API server outage ({args.outage:g} s, kube-apiserver SIGKILLed and restarted)\n")
         for line in outage:

@@ -102,6 +102,42 @@ class CpuMeter:
         return {k: 100 * (cpu_seconds(p) - self.c0[k]) / dt for k, p in self.pids.items()}
 
 
+class PhaseCpu:
+    """CPU use per phase of a run (% of one core), for every process that competes for
+    the cores: the product, the control plane, the backend and the benchmark itself."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.marks: list[tuple[str, float, dict[str, float]]] = []
+
+    def mark(self, phase: str) -> None:
+        """`phase` has just ended (the first mark starts the clock)."""
+        self.marks.append((phase, time.monotonic(), {k: cpu_seconds(p) for k, p in self.pids.items()}))
+
+    def lines(self) -> list[str]:
+        out = []
+        for (_, t0, c0), (phase, t1, c1) in zip(self.marks, self.marks[1:]):
+            dt = max(t1 - t0, 1e-9)
+            out.append(f"{phase} ({dt:.1f} s): " + ", ".join(f"{k} {100 * (c1[k] - c0[k]) / dt:.0f}" for k in c0))
+        return out
+
+
+def control_plane_pids(cp: Any) -> dict[str, int]:
+    """kube-apiserver's and etcd's pids (the processes whose command line names this plane's directory)."""
+    pids: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        exe = argv[0].decode(errors="replace").rsplit("/", 1)[-1]
+        if exe in ("kube-apiserver", "etcd") and str(cp.cluster_dir).encode() in b" ".join(argv):
+            pids[exe] = int(entry.name)
+    return pids
+
+
 def spawn_backend(workdir: Path) -> tuple[subprocess.Popen, int]:
     from testbed.harness import free_port, wait_for_port
     port = free_port()

@@ -10,7 +10,7 @@ in core/spec.py (which holds the partial form every source writes, and the bound
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 
@@ -92,6 +92,24 @@ class Route:
             "source": _camel(self.source),
         }
 
+    def to_wire(self) -> dict[str, Any]:
+        """`to_dict` without what `from_dict` would restore anyway: the keys (and whole
+        sections) that hold the built-in default. A route of the registry shrinks about
+        threefold, and every registry write is parsed by each proxy, the operator and
+        the API server."""
+        full = self.to_dict()
+        wire: dict[str, Any] = {}
+        for key, value in full.items():
+            default = _WIRE_DEFAULTS.get(key, _REQUIRED)
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if default.get(k, _REQUIRED) != v}
+                if not value:
+                    continue
+            elif value == default:
+                continue
+            wire[key] = value
+        return wire
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Route":
         """The inverse of `to_dict`. A key that is absent takes the field's default
@@ -128,7 +146,29 @@ _WIRE = {kind: tuple((f, _camel_key(f), f.endswith("_seconds")) for f in kind.__
 _SNAKE = {kind: {camel: f for f, camel, _ in keys} for kind, keys in _WIRE.items()}
 
 
+_REQUIRED: Any = object()  # stands for a field without a default: never equal to a value
+
+
+def _wire_defaults() -> dict[str, Any]:
+    """The built-in default of each wire key (each section key, for the sections), as `to_dict` writes it."""
+    fields = Route.__dataclass_fields__
+    out: dict[str, Any] = {}
+    for key, name in _PLAIN.items():
+        f = fields[name]
+        if f.default is not MISSING:
+            out[key] = list(f.default) if isinstance(f.default, tuple) else f.default
+    out["timeoutSeconds"] = float(out["timeoutSeconds"])
+    for key, (_, kind) in _SECTIONS.items():
+        section = kind.__dataclass_fields__
+        out[key] = {camel: (float(section[f].default) if seconds else section[f].default)
+                    for f, camel, seconds in _WIRE[kind] if section[f].default is not MISSING}
+    return out
+
+
 def _camel(section: Any) -> dict[str, Any]:
     # Seconds as float: 30 and 30.0 must hash to the same revision.
     return {camel: float(getattr(section, f)) if seconds else getattr(section, f)
             for f, camel, seconds in _WIRE[type(section)]}
+
+
+_WIRE_DEFAULTS = _wire_defaults()

@@ -44,7 +44,7 @@ class Registry:
 
 
 def route_json(route: Route) -> str:
-    return json.dumps(route.to_dict(), sort_keys=True, separators=(",", ":"))
+    return json.dumps(route.to_wire(), sort_keys=True, separators=(",", ":"))
 
 
 def _revision(documents: Iterable[str]) -> str:
@@ -84,8 +84,28 @@ def encode_shards(registry: Registry, max_bytes: int = SHARD_BYTES) -> list[str]
     ]
 
 
-def decode_shards(documents: Iterable[str]) -> Registry:
-    """Join shards back into a registry; refuse a mixed or incomplete set."""
+class RouteMemo:
+    """The routes an earlier decode built, by name, with the entry each came from: an
+    entry that did not change is not built again and keeps its Route object, so the
+    proxy's route table can keep that route's runtime as it is. A change touches one
+    route; without this, each proxy rebuilt all of them."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, tuple[dict[str, Any], Route]] = {}
+
+    def route(self, entry: dict[str, Any]) -> Route:
+        known = self._built.get(entry.get("name", ""))
+        if known is not None and known[0] == entry:
+            return known[1]
+        return Route.from_dict(entry)
+
+    def remember(self, entries: list[dict[str, Any]], routes: list[Route]) -> None:
+        self._built = {r.name: (e, r) for e, r in zip(entries, routes)}
+
+
+def decode_shards(documents: Iterable[str], memo: Optional[RouteMemo] = None) -> Registry:
+    """Join shards back into a registry; refuse a mixed or incomplete set. `memo`:
+    reuse the routes of the last decode whose entries did not change."""
     parsed: list[dict[str, Any]] = [json.loads(d) for d in documents]
     if not parsed:
         raise ValueError("no registry shards")
@@ -100,7 +120,10 @@ def decode_shards(documents: Iterable[str]) -> Registry:
     indexes = sorted(p["index"] for p in parsed)
     if indexes != list(range(count)):
         raise ValueError(f"incomplete registry: have shards {indexes} of {count}")
-    routes = [Route.from_dict(e) for p in sorted(parsed, key=lambda p: p["index"]) for e in p["endpoints"]]
+    entries = [e for p in sorted(parsed, key=lambda p: p["index"]) for e in p["endpoints"]]
+    routes = [memo.route(e) for e in entries] if memo is not None else [Route.from_dict(e) for e in entries]
+    if memo is not None:
+        memo.remember(entries, routes)
     return Registry(routes={r.name: r for r in routes}, revision=parsed[0]["revision"])
 
 

@@ -65,17 +65,26 @@ class Settings:
 
 
 class Debounce:
-    """Leading-edge debounce: run at once after a quiet `window`, else at the window's end."""
+    """Leading-edge debounce: run at once after a quiet `window`, else at the window's end.
+
+    A change to what is routed (a compile) waits only behind the last compile, not
+    behind a pass that only looked at reports or statuses: those passes follow every
+    change (the replicas report the new revision, the status patch comes back), and
+    the next change would otherwise wait up to a window behind them for nothing."""
 
     def __init__(self, window: float) -> None:
         self.window = window
-        self.last = float("-inf")
+        self.last = float("-inf")  # any pass
+        self.last_compile = float("-inf")
 
-    def delay(self, now: float) -> float:
-        return max(0.0, self.last + self.window - now)
+    def delay(self, now: float, compile: bool = False) -> float:
+        last = self.last_compile if compile else self.last
+        return max(0.0, last + self.window - now)
 
-    def ran(self, now: float) -> None:
+    def ran(self, now: float, compile: bool = False) -> None:
         self.last = now
+        if compile:
+            self.last_compile = now
 
 
 class StatusQueue:
@@ -294,11 +303,16 @@ class Reconciler:
             await asyncio.wait_for(self._kick.wait(), timeout=timeout)
         except asyncio.TimeoutError:
             pass
-        delay = self.debounce.delay(self.clock.monotonic())
-        if delay > 0:
-            await asyncio.sleep(delay)  # a burst: let it settle behind the pass that just ran
+        # A burst: let it settle behind the pass that just ran. A change to what is routed
+        # arriving meanwhile is looked at again (it waits only behind the last compile).
+        while (delay := self.debounce.delay(self.clock.monotonic(), self.inputs.compile_dirty)) > 0:
+            self._kick.clear()
+            try:
+                await asyncio.wait_for(self._kick.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                pass
         self._kick.clear()
-        self.debounce.ran(self.clock.monotonic())
+        self.debounce.ran(self.clock.monotonic(), self.inputs.compile_dirty)
 
     async def reconcile(self) -> None:
         # Frozen while a rival is alive, and until the peering object has been read once:

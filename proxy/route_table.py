@@ -67,11 +67,15 @@ def build_table(
     routes: dict[str, RouteRuntime] = {}
     for name, route in registry.routes.items():
         old = previous.routes.get(name)
+        status = statuses.get(name, "active")
+        if old is not None and old.route is route and old.status == status:
+            routes[name] = old  # the same route (a RouteMemo kept it): nothing to recompute
+            continue
         if old is not None and old.route.circuit_breaker == route.circuit_breaker:
             breaker = old.breaker
         else:
             breaker = make_breaker(route)
-        routes[name] = RouteRuntime(route, breaker, statuses.get(name, "active"))
+        routes[name] = RouteRuntime(route, breaker, status)
     return RouteTable(routes, registry.revision)
 
 

@@ -58,8 +58,9 @@ class AppState:
         self._listeners: list[Listener] = []
 
     # -- registry ---------------------------------------------------------
-    def apply_registry(self, registry: Registry) -> None:
-        """Swap in a new registry atomically (one assignment of the table)."""
+    def apply_registry(self, registry: Registry, arrived: Optional[float] = None) -> None:
+        """Swap in a new registry atomically (one assignment of the table). `arrived`: when
+        its source saw the change (this state's clock), for the log line."""
         table = build_table(registry, self.table, self.statuses, self._make_breaker)
         self.registry = registry
         self.table = table
@@ -67,7 +68,8 @@ class AppState:
         self.ready = True
         self.registry_problem = None
         self.health.update(table)
-        log.info("registry revision %s loaded: %d routes", registry.revision or "(empty)", len(registry.routes))
+        took = "" if arrived is None else f" ({(self.clock() - arrived) * 1000:.0f} ms after it arrived)"
+        log.info("registry revision %s loaded: %d routes%s", registry.revision or "(empty)", len(registry.routes), took)
         self.notify()
 
     def begin_drain(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Optional
 import pytest
 import yaml
 
+from orchestrator.core.model import Route
 from testbed.stack import Process, Stack, endpoint_manifest
 from testbed.harness import free_port, stop, wait_until
 
@@ -153,7 +154,9 @@ def registry_routes(cp: Any, namespace: str, registry: str) -> dict[str, dict[st
     if out.returncode != 0:
         return {}
     data = json.loads(out.stdout).get("data", {})
-    return {e["name"]: e for e in json.loads(data.get("registry.json", "{}")).get("endpoints", [])}
+    # The wire form leaves out built-in defaults; from_dict puts them back.
+    entries = json.loads(data.get("registry.json", "{}")).get("endpoints", [])
+    return {e["name"]: Route.from_dict(e).to_dict() for e in entries}
 
 
 # -- static checks ----------------------------------------------------------------------

@@ -116,6 +116,16 @@ def test_debounce_runs_the_first_change_at_once_and_coalesces_a_burst_behind_it(
     assert d.delay(10.2) == 0.0  # ...and the next quiet change is immediate again
 
 
+def test_a_change_to_the_routes_does_not_wait_behind_a_pass_that_only_read_reports() -> None:
+    d = Debounce(0.05)
+    d.ran(10.0, compile=True)
+    d.ran(10.04)  # the replicas report the new revision: a pass without a compile
+    assert d.delay(10.06) == pytest.approx(0.03)  # more reports coalesce behind it...
+    assert d.delay(10.06, compile=True) == 0.0  # ...the next edit is handled at once
+    d.ran(10.06, compile=True)
+    assert d.delay(10.07, compile=True) == pytest.approx(0.04)  # a burst of edits still coalesces
+
+
 def test_a_burst_of_applies_costs_one_compile_and_one_registry_write() -> None:
     w = World()
     w.report("r0", {})

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from orchestrator.core.model import BreakerSettings, HealthCheckSettings, Route, RetrySettings, Source
-from orchestrator.core.registry import FORMAT, Registry, UnknownFormat, decode_shards, encode_shards, revision_of
+from orchestrator.core.registry import (FORMAT, Registry, RouteMemo, UnknownFormat, decode_shards, encode_shards,
+                                        revision_of)
 
 
 def route(i: int, **kw) -> Route:
@@ -29,6 +30,36 @@ def test_route_dict_round_trip():
     assert d["timeoutSeconds"] == 5.0 and d["healthCheck"]["intervalSeconds"] == 15.0
     assert d["circuitBreaker"]["resetTimeoutSeconds"] == 60.0 and d["retries"]["onServerError"] is False
     assert Route.from_dict(json.loads(json.dumps(d))) == r
+
+
+def test_the_wire_form_leaves_out_the_defaults_and_reads_back_the_same_route():
+    plain = Route(name="pay", url="http://pay.ns.svc", source=Source(kind="Endpoint", namespace="ns", name="pay",
+                                                                       uid="u1", generation=1))
+    wire = plain.to_wire()
+    assert wire == {"name": "pay", "url": "http://pay.ns.svc",
+                    "source": {"kind": "Endpoint", "namespace": "ns", "name": "pay", "uid": "u1", "generation": 1}}
+    assert Route.from_dict(json.loads(json.dumps(wire))) == plain
+    custom = route(1, disabled=True)  # non-default values in every section
+    wire = custom.to_wire()
+    assert wire["healthCheck"] == {"path": "/healthz", "intervalSeconds": 15.0}
+    assert wire["circuitBreaker"] == {"failureThreshold": 3} and wire["disabled"] is True
+    assert Route.from_dict(json.loads(json.dumps(wire))) == custom
+
+
+def test_what_an_omitted_key_means_is_part_of_the_format():
+    # An older proxy fills an omitted key with ITS built-in default. Changing a default
+    # below therefore changes what registries already written mean: bump FORMAT_VERSION.
+    assert FORMAT == "orchestrator.dev/registry/v1"
+    assert Route(name="x", url="http://x").to_dict() == {
+        "name": "x", "url": "http://x", "version": "v1", "methods": ["GET"], "authType": "none",
+        "disabled": False, "timeoutSeconds": 30.0,
+        "healthCheck": {"enabled": True, "path": "/health", "intervalSeconds": 30.0, "timeoutSeconds": 10.0,
+                        "healthyThreshold": 2, "unhealthyThreshold": 3},
+        "circuitBreaker": {"failureThreshold": 5, "resetTimeoutSeconds": 60.0, "halfOpenMaxCalls": 3,
+                           "fallback": "error_response"},
+        "retries": {"attempts": 0, "onServerError": False},
+        "source": {"kind": "File", "namespace": "", "name": "", "uid": "", "generation": 0, "entry": ""},
+    }
 
 
 def test_shards_round_trip_with_small_max_bytes():
@@ -95,3 +126,16 @@ def test_revision_stable_under_reordering_and_sensitive_to_content():
     changed[10] = dataclasses.replace(changed[10], timeout_seconds=6.0)
     assert Registry.build(changed).revision != Registry.build(routes).revision
     assert Registry.build(routes[:-1]).revision != Registry.build(routes).revision
+
+
+def test_a_memo_rebuilds_only_the_routes_whose_entries_changed():
+    memo = RouteMemo()
+    first = decode_shards(encode_shards(Registry.build(route(i) for i in range(5))), memo)
+    changed = [route(i) for i in range(4)] + [dataclasses.replace(route(4), methods=("GET",))] + [route(5)]  # one edited, one new
+    second = decode_shards(encode_shards(Registry.build(changed)), memo)
+    assert dict(second.routes) == {r.name: r for r in changed}
+    assert all(second.routes[f"svc-{i:05d}"] is first.routes[f"svc-{i:05d}"] for i in range(4))
+    assert second.routes["svc-00004"] is not first.routes["svc-00004"]
+    third = decode_shards(encode_shards(Registry.build(changed[1:])), memo)  # one removed
+    assert set(third.routes) == {r.name for r in changed[1:]}
+    assert third.routes["svc-00001"] is first.routes["svc-00001"]
