@@ -100,7 +100,7 @@ def test_spec_edits_follow_and_delete_removes(stack: Stack, backend: Backend) ->
     assert [r.status_code for r in posts] == [405, 405] and posts[0].headers["allow"] == "GET, HEAD"
 
     stack.apply(endpoint_manifest("editable", backend.url, methods=["GET", "POST"], timeoutSeconds=0.5))
-    obj = stack.wait_for("editable", check=lambda o: o["status"].get("observedGeneration") == 2)
+    obj = stack.wait_for("editable", check=lambda o: o.get("status", {}).get("observedGeneration") == 2)
     assert stack.condition(obj, "Accepted")["observedGeneration"] == 2
     stack.wait_all("/orchestrator/editable/a", lambda r: r.status_code == 200)
     assert [r.status_code for r in stack.request_all("POST", "/orchestrator/editable/a")] == [200, 200]
@@ -109,7 +109,7 @@ def test_spec_edits_follow_and_delete_removes(stack: Stack, backend: Backend) ->
 
     stack.apply(endpoint_manifest("editable", backend.url, methods=["GET", "POST"], disabled=True))
     stack.wait_all("/orchestrator/editable/a", lambda r: r.status_code == 503)
-    stack.wait_for("editable", health="Disabled", check=lambda o: o["status"].get("observedGeneration") == 3)
+    stack.wait_for("editable", health="Disabled", check=lambda o: o.get("status", {}).get("observedGeneration") == 3)
 
     stack.delete("endpoints.orchestrator.dev", "editable")
     stack.wait_all("/orchestrator/editable/a", lambda r: r.status_code == 404)
