@@ -114,12 +114,17 @@ def test_bad_environment_value_is_one_line_naming_the_knob(tmp_path):
     assert len(out.strip().splitlines()) == 1, out
 
 
-def test_json_access_log_has_one_line_per_call(tmp_path, backend):
+def run_logging(tmp_path, backend, *flags: str) -> tuple[subprocess.Popen, int]:
+    """A proxy with one route `svc` to the backend and the access log on."""
     config = tmp_path / "c.yaml"
     config.write_text(config_yaml([endpoint("svc", f"{backend.url}/api")], health={"enabled": False}))
     port = free_port()
-    proc = run(["--config", str(config), "--port", str(port), "--host", "127.0.0.1", "--access-log",
-                "--log-format", "json"], cwd=tmp_path)
+    return run(["--config", str(config), "--port", str(port), "--host", "127.0.0.1", "--access-log", *flags],
+               cwd=tmp_path), port
+
+
+def test_json_access_log_has_one_line_per_call(tmp_path, backend):
+    proc, port = run_logging(tmp_path, backend, "--log-format", "json")
     output = drain(proc)
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, output)
@@ -147,11 +152,7 @@ def test_json_access_log_has_one_line_per_call(tmp_path, backend):
 def test_a_log_reader_that_stops_reading_does_not_stop_the_proxy(tmp_path, backend):
     # stdout/stderr are a pipe nobody reads: it fills after 64 KiB, as a stuck log
     # collector's would. The access log writes from its own thread, so calls go on.
-    config = tmp_path / "c.yaml"
-    config.write_text(config_yaml([endpoint("svc", f"{backend.url}/api")], health={"enabled": False}))
-    port = free_port()
-    proc = run(["--config", str(config), "--port", str(port), "--host", "127.0.0.1", "--access-log",
-                "--log-level", "warning"], cwd=tmp_path)
+    proc, port = run_logging(tmp_path, backend, "--log-level", "warning")
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, [])
         served = 0
