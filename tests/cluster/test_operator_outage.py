@@ -31,10 +31,6 @@ def ready(stack: Stack, name: str) -> dict:
     return stack.wait_for(name, check=lambda o: stack.condition(o, "Ready").get("status") == "True")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "watch, issue #9 open: before commits e7f0e7f and 9aef12a it failed in 3 of 3 full-suite clean-clone "
-    "runs (the held Endpoint's status written once more about 14 s after its create, no visible change "
-    "but lastUpdateTime); it has passed in every full run since. Kept non-strict until the cause is known."))
 def test_an_api_server_outage_changes_no_status_and_new_endpoints_route_soon_after(
         stack: Stack, control_plane, backend: Backend) -> None:
     # A name no other test module uses: the control plane is shared by the whole session.
