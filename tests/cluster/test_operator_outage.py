@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from testbed.stack import Stack, endpoint_manifest
 from testbed.harness import Backend, free_port, stop, wait_until
