@@ -45,8 +45,10 @@ def no_answer(exc: BaseException) -> bool:
     return is_outage(exc) and not isinstance(exc, ApiError)
 
 
-def core_path(namespace: str, resource: str, name: Optional[str] = None) -> str:
-    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{resource}"
+def core_path(namespace: Optional[str], resource: str, name: Optional[str] = None) -> str:
+    """None: every namespace (a list across the cluster)."""
+    path = "/api/v1" if namespace is None else f"/api/v1/namespaces/{quote(namespace, safe='')}"
+    path += f"/{resource}"
     return path if name is None else f"{path}/{quote(name, safe='')}"
 
 
@@ -66,7 +68,7 @@ def group_path(group: str, version: str, plural: str, namespace: Optional[str] =
 class KubeApi:
     def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
         self.credentials = credentials
-        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
+        self.timeout = _limit(timeout)
         self._session: Optional[aiohttp.ClientSession] = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -86,7 +88,7 @@ class KubeApi:
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = content_type
-        limit = self.timeout if timeout is None else aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
+        limit = self.timeout if timeout is None else _limit(timeout)
         async with self._open().request(method, self.credentials.server + path, data=data, params=params,
                                         headers=headers, timeout=limit, allow_redirects=False) as response:
             raw = await response.read()
@@ -129,6 +131,10 @@ class KubeApi:
 
     async def delete(self, path: str) -> Any:
         return await self.request("DELETE", path)
+
+
+def _limit(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds, connect=min(10.0, seconds))
 
 
 def _error(status: int, reason: str, raw: bytes) -> ApiError:

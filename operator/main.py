@@ -76,8 +76,7 @@ async def list_everything(writer: Writer, namespaces: Optional[list[str]]) -> Sn
     selector = f"{contract.SOURCE_LABEL}=true"
     for ns in (list(namespaces) if namespaces else [None]):
         snap.endpoints.extend(await api.list(group_path(GROUP, VERSION, PLURAL, ns)))
-        snap.configmaps.extend(await api.list(core_path(ns, "configmaps") if ns else "/api/v1/configmaps",
-                                              label_selector=selector))
+        snap.configmaps.extend(await api.list(core_path(ns, "configmaps"), label_selector=selector))
     snap.configmaps.extend(await writer.list_reports())
     try:
         snap.registry, snap.shards = await writer.read_registry()

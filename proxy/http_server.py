@@ -326,9 +326,8 @@ class BoundedProtocol(HttpToolsProtocol):
     def _stop_after_pipeline(self) -> None:
         """The queue is full: answer what was accepted, the last with Connection: close."""
         self.flow.pause_reading()
-        newest = self.pipeline[0][0] if self.pipeline else self.cycle
-        if newest is not None:
-            newest.keep_alive = False
+        if self.cycle is not None:  # the newest request: the last one queued, or the one in progress
+            self.cycle.keep_alive = False
 
     # -- a caller that stops reading -------------------------------------------------
     # The transport's buffer is full and our writes wait on the caller: a slow

@@ -21,7 +21,8 @@ from kubernetes import client, watch
 
 from orchestrator import kube
 from orchestrator.core import contract
-from orchestrator.core.registry import Registry, RegistryNotReady, RouteMemo, UnknownFormat, decode_shards
+from orchestrator.core.registry import (Registry, RegistryNotReady, RouteMemo, UnknownFormat, decode_shards,
+                                        shard_count)
 from orchestrator.proxy.state import AppState
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,9 @@ class RegistryWatcher:
         """A new one-shard registry, decoded (it needs no API call); None when it is not
         that simple, or does not decode: `_load` reads it the usual way and says why."""
         data = configmap.data or {}
-        if data.get("shards", "1") != "1" or data.get("revision") == self.state.registry.revision:
-            return None
         try:
+            if shard_count(data) != 1 or data.get("revision") == self.state.registry.revision:
+                return None
             return decode_shards([data.get(contract.REGISTRY_KEY, "")], self._memo)
         except Exception:
             return None

@@ -79,6 +79,7 @@ def test_a_missing_kubeconfig_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_paths_quote_names() -> None:
     assert core_path("ns", "configmaps", "a/b") == "/api/v1/namespaces/ns/configmaps/a%2Fb"
+    assert core_path(None, "configmaps") == "/api/v1/configmaps"  # across every namespace
     assert group_path("g", "v1", "things", "ns", "n", "status") == "/apis/g/v1/namespaces/ns/things/n/status"
     assert group_path("g", "v1", "things") == "/apis/g/v1/things"
 
